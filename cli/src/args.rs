@@ -1,0 +1,128 @@
+//! Command-line definitions (clap derive). Raw flags are turned into
+//! validated settings in `commands`, never used raw.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Chapar: seal evidence for trusted recipients and carry it out through
+/// a store-and-forward mesh, or on a USB stick.
+#[derive(Debug, Parser)]
+#[command(name = "chapar", version, about, long_about = None)]
+pub struct Cli {
+    /// Print one JSON object on stdout instead of human-readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output on stderr (-v info, -vv debug). Never logs secrets.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new age identity (secret key) file and print its recipient.
+    Keygen(KeygenArgs),
+    /// Seal files and folders for recipients into a bundle folder.
+    Seal(SealArgs),
+    /// Verify, repair, decrypt and extract a bundle folder.
+    Open(OpenArgs),
+    /// Rebuild the bundle's age file from its chunks (no key needed).
+    Reassemble(ReassembleArgs),
+    /// Show a bundle's public descriptor, and its sealed header given a key.
+    Inspect(InspectArgs),
+}
+
+/// `chapar keygen`
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the identity; must not exist. Written with mode 0600.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+}
+
+/// `chapar seal`
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// A recipient's public key (age1…). Repeat for several recipients.
+    #[arg(short = 'r', long = "recipient", value_name = "RECIPIENT")]
+    pub recipients: Vec<String>,
+
+    /// A file of recipients, one age1… per line (as `age -R` reads).
+    #[arg(short = 'R', long = "recipients-file", value_name = "FILE")]
+    pub recipients_files: Vec<PathBuf>,
+
+    /// A note for the recipients (at most 1024 bytes).
+    #[arg(long, default_value = "")]
+    pub note: String,
+
+    /// Replication priority, 0–255; higher travels first.
+    #[arg(long, default_value_t = chapar_bundle::DEFAULT_PRIORITY)]
+    pub priority: u8,
+
+    /// How long relays keep the bundle, e.g. 30d, 12h.
+    #[arg(long, value_name = "DURATION", default_value = "30d")]
+    pub expires: humantime::Duration,
+
+    /// Chunk size, e.g. 1MiB, 256KiB (1 KiB to 16 MiB, even).
+    #[arg(long, value_name = "SIZE", default_value = "1MiB")]
+    pub chunk_size: bytesize::ByteSize,
+
+    /// Parity chunks per stripe of 16 data chunks (0–32). Any this many
+    /// chunks of every stripe may be lost.
+    #[arg(long, default_value_t = chapar_format::DEFAULT_PARITY_PER_STRIPE)]
+    pub parity: u8,
+
+    /// The bundle folder to create (must not exist, or be empty).
+    #[arg(short, long, value_name = "BUNDLE_DIR")]
+    pub output: PathBuf,
+
+    /// Files and folders to seal.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// `chapar open`
+#[derive(Debug, Args)]
+pub struct OpenArgs {
+    /// Identity file(s) to open with (as age-keygen writes them).
+    #[arg(short, long = "identity", value_name = "IDENTITY", required = true)]
+    pub identities: Vec<PathBuf>,
+
+    /// Folder to extract into (must not exist, or be empty).
+    #[arg(short, long, value_name = "OUT_DIR")]
+    pub output: PathBuf,
+
+    /// The bundle folder.
+    #[arg(value_name = "BUNDLE_DIR")]
+    pub bundle: PathBuf,
+}
+
+/// `chapar reassemble`
+#[derive(Debug, Args)]
+pub struct ReassembleArgs {
+    /// The bundle folder.
+    #[arg(value_name = "BUNDLE_DIR")]
+    pub bundle: PathBuf,
+
+    /// The age file to write (must not exist).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+}
+
+/// `chapar inspect`
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The bundle folder.
+    #[arg(value_name = "BUNDLE_DIR")]
+    pub bundle: PathBuf,
+
+    /// Identity file(s): also open and show the sealed header.
+    #[arg(short, long = "identity", value_name = "IDENTITY")]
+    pub identities: Vec<PathBuf>,
+}

@@ -1,0 +1,66 @@
+//! `chapar`: the command-line tool for senders and recipients.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error. With `--json`, every
+//! command prints exactly one JSON object on stdout, errors included.
+#![forbid(unsafe_code)]
+
+mod args;
+mod commands;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let json = cli.json;
+    match commands::run(cli.command) {
+        Ok(report) => {
+            let mut stdout = std::io::stdout().lock();
+            let printed = if json {
+                writeln!(stdout, "{}", report.json)
+            } else {
+                write!(stdout, "{}", report.stdout)
+            };
+            if !json && !report.stderr.is_empty() {
+                eprint!("{}", report.stderr);
+            }
+            // A closed pipe (`chapar … | head`) is not a failure.
+            match printed {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => ExitCode::FAILURE,
+                _ => ExitCode::SUCCESS,
+            }
+        }
+        Err(err) => {
+            let kind = err
+                .downcast_ref::<chapar_bundle::BundleError>()
+                .map_or("error", chapar_bundle::BundleError::kind);
+            let message = format!("{err:#}");
+            eprintln!("chapar: error: {message}");
+            if json {
+                let obj = serde_json::json!({ "ok": false, "error": message, "kind": kind });
+                println!("{obj}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHAPAR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

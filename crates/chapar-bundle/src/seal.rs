@@ -1,0 +1,201 @@
+//! Sealing: files → tar → age → chunks and parity → descriptor.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use age::x25519::Recipient;
+use chapar_format::{
+    write_index, AckSecret, BundleId, ChunkSink, Descriptor, Geometry, HeaderContents,
+    ParamError, EXPIRY_GRANULARITY_SECS, MAX_NOTE_BYTES, MAX_RECIPIENTS,
+};
+use rand::seq::SliceRandom;
+
+use crate::error::BundleError;
+use crate::folder::{BundleFolder, StagingDir};
+use crate::pack;
+use crate::pipeline::ChunkingPipe;
+
+/// Default lifetime of a bundle on the relays.
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default priority (0–255, higher first).
+pub const DEFAULT_PRIORITY: u8 = 128;
+
+/// How to seal.
+#[derive(Debug, Clone)]
+pub struct SealOptions {
+    /// Who can open the bundle (1 to 8).
+    pub recipients: Vec<Recipient>,
+    /// A short note for the recipients (at most 1024 bytes).
+    pub note: String,
+    /// Replication priority, higher first.
+    pub priority: u8,
+    /// How long relays keep the bundle.
+    pub expires_in: Duration,
+    /// Chunk size and stripe shape.
+    pub geometry: Geometry,
+}
+
+impl SealOptions {
+    /// Options for these recipients with every default.
+    pub fn new(recipients: Vec<Recipient>) -> Self {
+        Self {
+            recipients,
+            note: String::new(),
+            priority: DEFAULT_PRIORITY,
+            expires_in: DEFAULT_EXPIRY,
+            geometry: Geometry::default(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ParamError> {
+        self.geometry.validate()?;
+        if self.recipients.is_empty() || self.recipients.len() > MAX_RECIPIENTS {
+            return Err(ParamError(format!(
+                "{} recipients given; a bundle has 1 to {MAX_RECIPIENTS}",
+                self.recipients.len()
+            )));
+        }
+        let distinct: std::collections::HashSet<String> =
+            self.recipients.iter().map(ToString::to_string).collect();
+        if distinct.len() != self.recipients.len() {
+            return Err(ParamError("the same recipient is given twice".into()));
+        }
+        if self.note.len() > MAX_NOTE_BYTES {
+            return Err(ParamError(format!(
+                "the note is {} bytes; at most {MAX_NOTE_BYTES} fit in the sealed header",
+                self.note.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What sealing produced.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// The bundle id.
+    pub bundle_id: BundleId,
+    /// The descriptor.
+    pub descriptor: Descriptor,
+    /// Its canonical bytes.
+    pub descriptor_bytes: Vec<u8>,
+    /// Files sealed.
+    pub file_count: u64,
+    /// Plaintext bytes sealed.
+    pub total_size: u64,
+}
+
+fn expiry(expires_in: Duration) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    now.saturating_add(expires_in.as_secs())
+        .div_ceil(EXPIRY_GRANULARITY_SECS)
+        .saturating_mul(EXPIRY_GRANULARITY_SECS)
+}
+
+/// Seals a payload written by `write_payload` (plaintext, normally a tar
+/// archive) into chunks in `sink`. `file_count` and `total_size` go into
+/// the sealed headers. The building block of [`seal_paths`]; exposed so
+/// nodes can seal straight into their store.
+pub fn seal_stream<S, F>(
+    opts: &SealOptions,
+    sink: S,
+    file_count: u64,
+    total_size: u64,
+    write_payload: F,
+) -> Result<(Sealed, S), BundleError>
+where
+    S: ChunkSink + Send + 'static,
+    F: FnOnce(&mut dyn Write) -> Result<(), BundleError>,
+{
+    opts.validate()?;
+    let pipe = ChunkingPipe::new(opts.geometry, sink)?;
+    let encryptor = age::Encryptor::with_recipients(
+        opts.recipients.iter().map(|r| r as &dyn age::Recipient),
+    )
+    .map_err(|e| ParamError(format!("age refused the recipients: {e}")))?;
+    let pipe_err = |source| BundleError::Io {
+        path: PathBuf::from("<chunks>"),
+        source,
+    };
+    let mut age_writer = encryptor.wrap_output(pipe).map_err(pipe_err)?;
+    write_payload(&mut age_writer)?;
+    let pipe = age_writer.finish().map_err(pipe_err)?;
+    let (chunked, mut sink) = pipe.finish().map_err(pipe_err)?;
+    let (index_size, index_chunks) =
+        write_index(opts.geometry, &chunked.ids, &mut sink).map_err(pipe_err)?;
+
+    let mut sealed_headers = Vec::with_capacity(opts.recipients.len());
+    let mut ack_hashes = Vec::with_capacity(opts.recipients.len());
+    for recipient in &opts.recipients {
+        let contents = HeaderContents {
+            ack_secret: AckSecret::random(),
+            ciphertext_blake3: chunked.blake3,
+            file_count,
+            total_size,
+            note: opts.note.clone(),
+        };
+        ack_hashes.push(contents.ack_secret.hash());
+        sealed_headers.push(
+            contents
+                .seal(recipient)
+                .map_err(|e| ParamError(e.to_string()))?,
+        );
+    }
+    // Neither list's order may hint at the order recipients were given in.
+    ack_hashes.sort_unstable();
+    sealed_headers.shuffle(&mut rand::rngs::OsRng);
+
+    let descriptor = Descriptor {
+        priority: opts.priority,
+        expires_at: expiry(opts.expires_in),
+        ciphertext_size: chunked.size,
+        ciphertext_blake3: chunked.blake3,
+        geometry: opts.geometry,
+        index_size,
+        index_chunks,
+        ack_hashes,
+        sealed_headers,
+    };
+    let descriptor_bytes = descriptor.encode()?;
+    let sealed = Sealed {
+        bundle_id: BundleId::of(&descriptor_bytes),
+        descriptor,
+        descriptor_bytes,
+        file_count,
+        total_size,
+    };
+    Ok((sealed, sink))
+}
+
+/// Seals files and folders into chunks in `sink`.
+pub fn seal_paths<S>(inputs: &[PathBuf], opts: &SealOptions, sink: S) -> Result<(Sealed, S), BundleError>
+where
+    S: ChunkSink + Send + 'static,
+{
+    opts.validate()?;
+    let plan = pack::plan(inputs)?;
+    let (file_count, total_size) = (plan.file_count(), plan.total_size());
+    seal_stream(opts, sink, file_count, total_size, |out| {
+        pack::write_archive(&plan, &opts.note, out).map(|_| ())
+    })
+}
+
+/// Seals files and folders into a new bundle folder at `out`, which must
+/// not exist (or be empty). Nothing appears at `out` unless sealing succeeds.
+pub fn seal_to_folder(
+    inputs: &[PathBuf],
+    opts: &SealOptions,
+    out: &Path,
+) -> Result<Sealed, BundleError> {
+    opts.validate()?;
+    let staging = StagingDir::beside(out)?;
+    let folder = BundleFolder::new(staging.path());
+    let (sealed, _) = seal_paths(inputs, opts, folder.sink())?;
+    folder.sync()?;
+    folder.write_descriptor(&sealed.descriptor_bytes)?;
+    staging.commit(out)?;
+    Ok(sealed)
+}
