@@ -5,10 +5,38 @@
 //! with fewer data chunks the missing positions are all-zero shards. Those
 //! zeros are never stored: both sides know them, so they never count as
 //! lost.
+//!
+//! Parity shards are stored *masked*: their first [`MASK_LEN`] bytes are
+//! XORed with a public constant per parity index. Without it, a stripe
+//! with a single data chunk (a small bundle, or a small index) can produce
+//! a parity shard byte-identical to that chunk or to another parity shard;
+//! with content addressing, identical chunks share one id and protect
+//! nothing. The mask makes every chunk of a stripe distinct.
 
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
 use crate::error::RebuildError;
+
+/// How many leading bytes of a parity shard are masked.
+pub const MASK_LEN: usize = 64;
+
+/// The public mask of parity shard `index`: the first bytes of
+/// `BLAKE3("chapar/parity-mask/1" || index as u16 big-endian)` in XOF mode.
+pub fn parity_mask(index: usize) -> [u8; MASK_LEN] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"chapar/parity-mask/1");
+    hasher.update(&(index as u16).to_be_bytes());
+    let mut mask = [0u8; MASK_LEN];
+    hasher.finalize_xof().fill(&mut mask);
+    mask
+}
+
+/// Applies (or removes: XOR is its own inverse) the mask of parity `index`.
+pub fn mask_parity(index: usize, shard: &mut [u8]) {
+    for (b, m) in shard.iter_mut().zip(parity_mask(index)) {
+        *b ^= m;
+    }
+}
 
 fn erasure_err(e: reed_solomon_simd::Error) -> RebuildError {
     RebuildError::Erasure(e.to_string())
@@ -78,7 +106,7 @@ impl StripeEncoder {
         }
     }
 
-    /// Pads the stripe with zero shards and returns its parity chunks.
+    /// Pads the stripe with zero shards and emits its (masked) parity chunks.
     pub fn finish(&mut self, mut emit: impl FnMut(&[u8])) -> Result<(), RebuildError> {
         if self.parity == 0 {
             return Ok(());
@@ -94,8 +122,11 @@ impl StripeEncoder {
             }
         }
         let result = enc.encode().map_err(erasure_err)?;
-        for shard in result.recovery_iter() {
-            emit(shard);
+        for (index, shard) in result.recovery_iter().enumerate() {
+            self.pad.clear();
+            self.pad.extend_from_slice(shard);
+            mask_parity(index, &mut self.pad);
+            emit(&self.pad);
         }
         Ok(())
     }
@@ -104,7 +135,7 @@ impl StripeEncoder {
 /// Rebuilds the missing data chunks of one stripe.
 ///
 /// `data` holds the stripe's real data chunks in order (`None` where lost),
-/// `parity` its parity chunks (`None` where lost); every present chunk must
+/// `parity` its stored (masked) parity chunks (`None` where lost); every present chunk must
 /// already be verified. Returns the data chunks that were missing, trimmed
 /// to `data_lens`, as `(position in stripe, bytes)`.
 pub fn rebuild_stripe(
@@ -131,7 +162,10 @@ pub fn rebuild_stripe(
     }
     for (i, chunk) in parity.iter().enumerate() {
         if let Some(chunk) = chunk {
-            dec.add_recovery_shard(i, chunk).map_err(erasure_err)?;
+            padded.clear();
+            padded.extend_from_slice(chunk);
+            mask_parity(i, &mut padded);
+            dec.add_recovery_shard(i, &padded).map_err(erasure_err)?;
         }
     }
     let result = dec.decode().map_err(erasure_err)?;
@@ -166,5 +200,17 @@ mod tests {
         parity[0] = None;
         let rebuilt = rebuild_stripe(16, 64, &data, &[64, 64, 33], &parity).expect("rebuild");
         assert_eq!(rebuilt, vec![(0, chunks[0].clone()), (2, chunks[2].clone())]);
+    }
+
+    #[test]
+    fn a_single_chunk_stripe_has_distinct_parity_chunks() {
+        let chunk = vec![0xabu8; 128];
+        let mut enc = StripeEncoder::new(16, 8);
+        enc.begin(128).expect("begin");
+        enc.add(&chunk).expect("add");
+        let mut all = vec![chunk.clone()];
+        enc.finish(|p| all.push(p.to_vec())).expect("finish");
+        let distinct: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), all.len(), "duplicate chunk contents in one stripe");
     }
 }

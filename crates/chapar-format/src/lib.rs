@@ -32,7 +32,7 @@ pub use descriptor::{
     Descriptor, DESCRIPTOR_MAGIC, DESCRIPTOR_VERSION, EXPIRY_GRANULARITY_SECS, MAX_DESCRIPTOR_SIZE,
     MAX_INDEX_CHUNKS, MAX_RECIPIENTS,
 };
-pub use erasure::{rebuild_stripe, StripeEncoder};
+pub use erasure::{mask_parity, parity_mask, rebuild_stripe, StripeEncoder, MASK_LEN};
 pub use error::{DecodeError, ParamError, Part, RebuildError, StripeLoss};
 pub use id::{BundleId, ChunkId};
 pub use layout::{

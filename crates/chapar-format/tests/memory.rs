@@ -1,0 +1,30 @@
+//! An in-memory chunk store shared by the format tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io;
+
+use chapar_format::{ChunkId, ChunkSink, ChunkSource};
+
+#[derive(Default, Clone)]
+pub struct MemoryChunks {
+    pub chunks: HashMap<ChunkId, Vec<u8>>,
+}
+
+impl ChunkSink for MemoryChunks {
+    fn put(&mut self, id: &ChunkId, bytes: &[u8]) -> io::Result<()> {
+        assert!(id.matches(bytes), "sink given a chunk under the wrong id");
+        self.chunks.insert(*id, bytes.to_vec());
+        Ok(())
+    }
+}
+
+impl ChunkSource for MemoryChunks {
+    fn get(&self, id: &ChunkId, _max_len: usize) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.chunks.get(id).cloned())
+    }
+
+    fn contains(&self, id: &ChunkId) -> io::Result<bool> {
+        Ok(self.chunks.contains_key(id))
+    }
+}
