@@ -146,7 +146,8 @@ mod tests {
         std::fs::write(&path, "# comment\n\nAGE-PLUGIN-YUBIKEY-1XYZ\n").expect("write");
         match load_identities(&path) {
             Err(BundleError::BadIdentity { line, .. }) => assert_eq!(line, 3),
-            other => panic!("expected BadIdentity, got {other:?}"),
+            Err(other) => panic!("expected BadIdentity, got {other:?}"),
+            Ok(_) => panic!("expected BadIdentity, got identities"),
         }
         std::fs::write(&path, "# only comments\n").expect("write");
         assert!(matches!(
