@@ -39,7 +39,7 @@ fn main() -> ExitCode {
             let kind = err
                 .downcast_ref::<chapar_bundle::BundleError>()
                 .map_or("error", chapar_bundle::BundleError::kind);
-            let message = format!("{err:#}");
+            let message = describe(&err);
             eprintln!("chapar: error: {message}");
             if json {
                 let obj = serde_json::json!({ "ok": false, "error": message, "kind": kind });
@@ -48,6 +48,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, skipping causes its message already states.
+fn describe(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 fn init_tracing(verbose: u8) {

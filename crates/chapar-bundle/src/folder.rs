@@ -166,6 +166,7 @@ impl StagingDir {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "bundle".into());
+        fs::create_dir_all(&parent).map_err(BundleError::io(&parent))?;
         let suffix: u64 = rand::random();
         let path = parent.join(format!(".{name}.chapar-partial-{suffix:016x}"));
         fs::create_dir(&path).map_err(BundleError::io(&path))?;
