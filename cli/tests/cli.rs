@@ -52,7 +52,11 @@ impl Env {
     /// Runs a command expected to fail with exit code 1; returns (stderr, JSON kind).
     fn fails(&self, args: &[&str]) -> (String, String) {
         let out = self.chapar(args);
-        assert_eq!(out.status.code(), Some(1), "chapar {args:?} should fail with 1");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "chapar {args:?} should fail with 1"
+        );
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
@@ -71,7 +75,11 @@ impl Env {
     fn evidence(&self) -> PathBuf {
         let dir = self.path("evidence");
         fs::create_dir_all(dir.join("ct-scans")).expect("mkdir");
-        fs::write(dir.join("ct-scans/CANARY-NAME-patient-17.dcm"), CANARY.repeat(3000)).expect("write");
+        fs::write(
+            dir.join("ct-scans/CANARY-NAME-patient-17.dcm"),
+            CANARY.repeat(3000),
+        )
+        .expect("write");
         fs::write(dir.join("records.txt"), format!("{CANARY} ward 4")).expect("write");
         fs::write(dir.join("empty"), b"").expect("write");
         dir
@@ -79,7 +87,15 @@ impl Env {
 
     fn seal(&self, recipient: &str, extra: &[&str]) -> PathBuf {
         self.evidence();
-        let mut args = vec!["seal", "-r", recipient, "-o", "bundle", "--chunk-size", "4KiB"];
+        let mut args = vec![
+            "seal",
+            "-r",
+            recipient,
+            "-o",
+            "bundle",
+            "--chunk-size",
+            "4KiB",
+        ];
         args.extend_from_slice(extra);
         args.push("evidence");
         self.ok(&args);
@@ -116,7 +132,10 @@ fn keygen_writes_a_private_key_once_and_prints_the_recipient() {
     let text = fs::read_to_string(env.path("key.txt")).expect("read");
     assert!(text.contains(&format!("# public key: {recipient}")));
     assert!(text.contains("AGE-SECRET-KEY-1"));
-    let mode = fs::metadata(env.path("key.txt")).expect("meta").permissions().mode();
+    let mode = fs::metadata(env.path("key.txt"))
+        .expect("meta")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let (stderr, kind) = env.fails(&["keygen", "-o", "key.txt"]);
     assert!(stderr.contains("refusing to overwrite"), "{stderr}");
@@ -129,7 +148,16 @@ fn seal_open_inspect_reassemble_round_trip_with_json() {
     let env = Env::new();
     let r = env.keygen("key.txt");
     env.evidence();
-    let sealed = env.json(&["seal", "-r", &r, "--note", "for the mission", "-o", "bundle", "evidence"]);
+    let sealed = env.json(&[
+        "seal",
+        "-r",
+        &r,
+        "--note",
+        "for the mission",
+        "-o",
+        "bundle",
+        "evidence",
+    ]);
     let id = sealed["bundle_id"].as_str().expect("bundle_id").to_owned();
     assert_eq!(id.len(), 64);
     assert_eq!(sealed["files"], 3);
@@ -154,7 +182,10 @@ fn seal_open_inspect_reassemble_round_trip_with_json() {
 
     let re = env.json(&["reassemble", "bundle", "-o", "bundle.age"]);
     let age_bytes = fs::read(env.path("bundle.age")).expect("read");
-    assert_eq!(blake3::hash(&age_bytes).to_hex().as_str(), re["ciphertext_blake3"]);
+    assert_eq!(
+        blake3::hash(&age_bytes).to_hex().as_str(),
+        re["ciphertext_blake3"]
+    );
     assert_eq!(re["ciphertext_blake3"], sealed["ciphertext_blake3"]);
 }
 
@@ -180,8 +211,15 @@ fn nothing_readable_leaks_into_the_bundle_folder() {
                 String::from_utf8_lossy(needle)
             );
         }
-        let name = file.file_name().expect("name").to_string_lossy().into_owned();
-        assert!(name == "descriptor.chapar" || name.len() == 64, "unexpected file {name}");
+        let name = file
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            name == "descriptor.chapar" || name.len() == 64,
+            "unexpected file {name}"
+        );
     }
     // No staging folders or temp files left next to the bundle.
     let stray: Vec<_> = fs::read_dir(env.tmp.path())
@@ -199,7 +237,10 @@ fn open_with_the_wrong_key_says_so() {
     env.keygen("other.txt");
     env.seal(&r, &[]);
     let (stderr, kind) = env.fails(&["open", "-i", "other.txt", "-o", "out", "bundle"]);
-    assert!(stderr.contains("not addressed to the given key"), "{stderr}");
+    assert!(
+        stderr.contains("not addressed to the given key"),
+        "{stderr}"
+    );
     assert_eq!(kind, "not_addressed");
     assert!(!env.path("out").exists());
     let inspected = env.json(&["inspect", "bundle", "-i", "other.txt"]);
@@ -323,10 +364,13 @@ fn seal_hostile(env: &Env, recipient: &str, entries: &[(&str, u8, &[u8])]) -> Pa
     let folder = chapar_bundle::BundleFolder::new(&bundle);
     fs::create_dir(&bundle).expect("mkdir");
     let (sealed, _) = chapar_bundle::seal_stream(&opts, folder.sink(), 1, 4, |w| {
-        w.write_all(&payload).map_err(|e| chapar_bundle::BundleError::BadArchive(e.to_string()))
+        w.write_all(&payload)
+            .map_err(|e| chapar_bundle::BundleError::BadArchive(e.to_string()))
     })
     .expect("seal");
-    folder.write_descriptor(&sealed.descriptor_bytes).expect("descriptor");
+    folder
+        .write_descriptor(&sealed.descriptor_bytes)
+        .expect("descriptor");
     bundle
 }
 
@@ -383,7 +427,12 @@ fn usage_errors_exit_2_and_failures_exit_1() {
     let env = Env::new();
     assert_eq!(env.chapar(&["seal", "-o", "b"]).status.code(), Some(2));
     assert_eq!(env.chapar(&["frobnicate"]).status.code(), Some(2));
-    assert_eq!(env.chapar(&["seal", "--parity", "x", "-o", "b", "p"]).status.code(), Some(2));
+    assert_eq!(
+        env.chapar(&["seal", "--parity", "x", "-o", "b", "p"])
+            .status
+            .code(),
+        Some(2)
+    );
     let (stderr, kind) = env.fails(&["seal", "-r", "age1bogus", "-o", "b", "missing"]);
     assert!(stderr.contains("not an age X25519 recipient"), "{stderr}");
     assert_eq!(kind, "bad_recipient");

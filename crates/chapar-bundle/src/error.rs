@@ -69,7 +69,9 @@ pub enum BundleError {
         name: String,
     },
     /// A file changed size while it was being sealed.
-    #[error("{path}: file changed while it was being sealed (expected {expected} bytes, read {read})")]
+    #[error(
+        "{path}: file changed while it was being sealed (expected {expected} bytes, read {read})"
+    )]
     FileChanged {
         /// The file.
         path: PathBuf,

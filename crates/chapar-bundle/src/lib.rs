@@ -30,6 +30,5 @@ pub use open::{
 };
 pub use pack::{plan, Plan};
 pub use seal::{
-    seal_paths, seal_stream, seal_to_folder, SealOptions, Sealed, DEFAULT_EXPIRY,
-    DEFAULT_PRIORITY,
+    seal_paths, seal_stream, seal_to_folder, SealOptions, Sealed, DEFAULT_EXPIRY, DEFAULT_PRIORITY,
 };

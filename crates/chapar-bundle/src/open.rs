@@ -6,14 +6,16 @@ use std::path::{Path, PathBuf};
 
 use age::x25519::Identity;
 use chapar_format::{
-    read_index, rebuild_error, scan, AckSecret, BundleId, ChunkSource, Descriptor,
-    HeaderContents, Part, Reassembler, RebuildError, Repair,
+    read_index, rebuild_error, scan, AckSecret, BundleId, ChunkSource, Descriptor, HeaderContents,
+    Part, Reassembler, RebuildError, Repair,
 };
 use sha2::Digest;
 
 use crate::error::BundleError;
 use crate::folder::{BundleFolder, StagingDir};
-use crate::manifest::{Manifest, ManifestEntry, MANIFEST_FORMAT, MANIFEST_JSON, MANIFEST_SHA256, MAX_MANIFEST_BYTES};
+use crate::manifest::{
+    Manifest, ManifestEntry, MANIFEST_FORMAT, MANIFEST_JSON, MANIFEST_SHA256, MAX_MANIFEST_BYTES,
+};
 
 /// What opening a bundle produced.
 #[derive(Debug)]
@@ -265,7 +267,10 @@ fn extract<R: Read>(reader: R, dest: &Path) -> Result<Manifest, BundleError> {
         )));
     }
     if manifest.files != found {
-        return Err(BundleError::ManifestMismatch(describe_difference(&manifest.files, &found)));
+        return Err(BundleError::ManifestMismatch(describe_difference(
+            &manifest.files,
+            &found,
+        )));
     }
     if sums_bytes.as_deref() != Some(manifest.sha256sums().as_bytes()) {
         return Err(BundleError::ManifestMismatch(format!(
@@ -333,7 +338,10 @@ fn describe_difference(expected: &[ManifestEntry], found: &[ManifestEntry]) -> S
             Some(_) => {}
         }
     }
-    if let Some(extra) = found.iter().find(|f| !expected.iter().any(|e| e.path == f.path)) {
+    if let Some(extra) = found
+        .iter()
+        .find(|f| !expected.iter().any(|e| e.path == f.path))
+    {
         return format!("{:?} is in the archive but not in the manifest", extra.path);
     }
     "the archive's order differs from the manifest".into()
@@ -374,10 +382,7 @@ pub fn reassemble_to_file(bundle: &Path, out: &Path) -> Result<Reassembled, Bund
             });
         }
     };
-    let finish = tmp
-        .1
-        .sync_all()
-        .and_then(|()| fs::rename(&tmp.0, out));
+    let finish = tmp.1.sync_all().and_then(|()| fs::rename(&tmp.0, out));
     if let Err(e) = finish {
         let _ = fs::remove_file(&tmp.0);
         return Err(BundleError::Io {

@@ -135,9 +135,8 @@ fn walk(
         let archive_path = format!("{prefix}/{name}");
         let lmeta = fs::symlink_metadata(&path).map_err(BundleError::io(&path))?;
         let meta = if lmeta.file_type().is_symlink() {
-            let target = fs::canonicalize(&path).map_err(|_| BundleError::DanglingSymlink {
-                path: path.clone(),
-            })?;
+            let target = fs::canonicalize(&path)
+                .map_err(|_| BundleError::DanglingSymlink { path: path.clone() })?;
             if !target.starts_with(root) {
                 return Err(BundleError::SymlinkOutside { path, target });
             }
@@ -271,7 +270,10 @@ pub(crate) fn write_archive<W: Write>(
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| BundleError::BadArchive(format!("manifest: {e}")))?;
     let sums = manifest.sha256sums();
-    for (name, bytes) in [(MANIFEST_JSON, &json[..]), (MANIFEST_SHA256, sums.as_bytes())] {
+    for (name, bytes) in [
+        (MANIFEST_JSON, &json[..]),
+        (MANIFEST_SHA256, sums.as_bytes()),
+    ] {
         let mut h = header(tar::EntryType::Regular, bytes.len() as u64, 0o644, now);
         builder
             .append_data(&mut h, name, bytes)

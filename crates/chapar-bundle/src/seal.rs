@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use age::x25519::Recipient;
 use chapar_format::{
-    write_index, AckSecret, BundleId, ChunkSink, Descriptor, Geometry, HeaderContents,
-    ParamError, EXPIRY_GRANULARITY_SECS, MAX_NOTE_BYTES, MAX_RECIPIENTS,
+    write_index, AckSecret, BundleId, ChunkSink, Descriptor, Geometry, HeaderContents, ParamError,
+    EXPIRY_GRANULARITY_SECS, MAX_NOTE_BYTES, MAX_RECIPIENTS,
 };
 use rand::seq::SliceRandom;
 
@@ -112,10 +112,9 @@ where
 {
     opts.validate()?;
     let pipe = ChunkingPipe::new(opts.geometry, sink)?;
-    let encryptor = age::Encryptor::with_recipients(
-        opts.recipients.iter().map(|r| r as &dyn age::Recipient),
-    )
-    .map_err(|e| ParamError(format!("age refused the recipients: {e}")))?;
+    let encryptor =
+        age::Encryptor::with_recipients(opts.recipients.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| ParamError(format!("age refused the recipients: {e}")))?;
     let pipe_err = |source| BundleError::Io {
         path: PathBuf::from("<chunks>"),
         source,
@@ -171,7 +170,11 @@ where
 }
 
 /// Seals files and folders into chunks in `sink`.
-pub fn seal_paths<S>(inputs: &[PathBuf], opts: &SealOptions, sink: S) -> Result<(Sealed, S), BundleError>
+pub fn seal_paths<S>(
+    inputs: &[PathBuf],
+    opts: &SealOptions,
+    sink: S,
+) -> Result<(Sealed, S), BundleError>
 where
     S: ChunkSink + Send + 'static,
 {

@@ -81,7 +81,12 @@ fn seal_files(files: &[(&str, Vec<u8>)], parity: u8) -> Sealed {
     }
     let key = key();
     let bundle = root.join("bundle");
-    seal_to_folder(std::slice::from_ref(&input), &opts(&[&key], parity), &bundle).expect("seal");
+    seal_to_folder(
+        std::slice::from_ref(&input),
+        &opts(&[&key], parity),
+        &bundle,
+    )
+    .expect("seal");
     Sealed {
         _tmp: tmp,
         root,
@@ -93,7 +98,9 @@ fn seal_files(files: &[(&str, Vec<u8>)], parity: u8) -> Sealed {
 
 #[test]
 fn boundary_sizes_round_trip() {
-    let sizes = [0, 1, 1023, 1024, 1025, 4095, 4096, 4097, 8191, 8192, 8193, 70_000];
+    let sizes = [
+        0, 1, 1023, 1024, 1025, 4095, 4096, 4097, 8191, 8192, 8193, 70_000,
+    ];
     let files: Vec<(String, Vec<u8>)> = sizes
         .iter()
         .map(|&s| (format!("f{s}.bin"), bytes(s, s as u64)))
@@ -241,7 +248,13 @@ fn corruption_beyond_parity_fails_and_leaves_nothing_that_looks_complete() {
     }
     let out = s.root.join("out");
     let err = open_folder(&s.bundle, &[s.key], &out).expect_err("must fail");
-    assert!(matches!(err, BundleError::Rebuild(RebuildError::TooManyMissing { .. })), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            BundleError::Rebuild(RebuildError::TooManyMissing { .. })
+        ),
+        "{err:?}"
+    );
     assert!(!out.exists());
     let leftovers: Vec<_> = fs::read_dir(&s.root)
         .expect("read_dir")

@@ -145,8 +145,8 @@ pub fn rebuild_stripe(
     data_lens: &[usize],
     parity: &[Option<Vec<u8>>],
 ) -> Result<Vec<(usize, Vec<u8>)>, RebuildError> {
-    let mut dec = ReedSolomonDecoder::new(data_per_stripe, parity.len(), shard_len)
-        .map_err(erasure_err)?;
+    let mut dec =
+        ReedSolomonDecoder::new(data_per_stripe, parity.len(), shard_len).map_err(erasure_err)?;
     let mut padded = Vec::with_capacity(shard_len);
     for (i, chunk) in data.iter().enumerate() {
         if let Some(chunk) = chunk {
@@ -194,12 +194,16 @@ mod tests {
             enc.add(c).expect("add");
         }
         let mut parity = Vec::new();
-        enc.finish(|p| parity.push(Some(p.to_vec()))).expect("finish");
+        enc.finish(|p| parity.push(Some(p.to_vec())))
+            .expect("finish");
         assert_eq!(parity.len(), 4);
         let data = vec![None, Some(chunks[1].clone()), None];
         parity[0] = None;
         let rebuilt = rebuild_stripe(16, 64, &data, &[64, 64, 33], &parity).expect("rebuild");
-        assert_eq!(rebuilt, vec![(0, chunks[0].clone()), (2, chunks[2].clone())]);
+        assert_eq!(
+            rebuilt,
+            vec![(0, chunks[0].clone()), (2, chunks[2].clone())]
+        );
     }
 
     #[test]
@@ -211,6 +215,10 @@ mod tests {
         let mut all = vec![chunk.clone()];
         enc.finish(|p| all.push(p.to_vec())).expect("finish");
         let distinct: std::collections::HashSet<_> = all.iter().collect();
-        assert_eq!(distinct.len(), all.len(), "duplicate chunk contents in one stripe");
+        assert_eq!(
+            distinct.len(),
+            all.len(),
+            "duplicate chunk contents in one stripe"
+        );
     }
 }

@@ -142,7 +142,10 @@ fn describe_losses(losses: &[StripeLoss]) -> String {
                 Part::Index => "index stripe",
                 Part::Payload => "stripe",
             };
-            format!("{part} {} lost {} of its chunks, parity covers {}", l.stripe, l.lost, l.parity)
+            format!(
+                "{part} {} lost {} of its chunks, parity covers {}",
+                l.stripe, l.lost, l.parity
+            )
         })
         .collect();
     format!(

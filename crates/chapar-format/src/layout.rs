@@ -184,9 +184,7 @@ impl Layout {
                 let stripe = i / self.data_per_stripe();
                 stripe * per + i % self.data_per_stripe()
             }
-            Slot::Parity { stripe, index } => {
-                stripe * per + self.stripe_data(stripe).len() + index
-            }
+            Slot::Parity { stripe, index } => stripe * per + self.stripe_data(stripe).len() + index,
         }
     }
 
@@ -237,7 +235,13 @@ mod tests {
             assert_eq!(layout.position(layout.slot(p)), p);
         }
         assert_eq!(layout.stripe_data(2), 8..10);
-        assert_eq!(layout.slot(14), Slot::Parity { stripe: 2, index: 0 });
+        assert_eq!(
+            layout.slot(14),
+            Slot::Parity {
+                stripe: 2,
+                index: 0
+            }
+        );
         assert_eq!(layout.data_len(8), 1024);
         assert_eq!(layout.data_len(9), 7);
         assert_eq!(layout.shard_len(2), 1024);

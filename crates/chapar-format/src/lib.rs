@@ -36,9 +36,8 @@ pub use erasure::{mask_parity, parity_mask, rebuild_stripe, StripeEncoder, MASK_
 pub use error::{DecodeError, ParamError, Part, RebuildError, StripeLoss};
 pub use id::{BundleId, ChunkId};
 pub use layout::{
-    Geometry, Layout, Slot, DEFAULT_CHUNK_SIZE, DEFAULT_DATA_PER_STRIPE,
-    DEFAULT_PARITY_PER_STRIPE, MAX_CHUNK_SIZE, MAX_DATA_PER_STRIPE, MAX_PARITY_PER_STRIPE,
-    MIN_CHUNK_SIZE,
+    Geometry, Layout, Slot, DEFAULT_CHUNK_SIZE, DEFAULT_DATA_PER_STRIPE, DEFAULT_PARITY_PER_STRIPE,
+    MAX_CHUNK_SIZE, MAX_DATA_PER_STRIPE, MAX_PARITY_PER_STRIPE, MIN_CHUNK_SIZE,
 };
 pub use reassemble::{read_index, rebuild_error, scan, ChunkSource, Damage, Reassembler, Repair};
 pub use sealed::{AckSecret, HeaderContents, MAX_NOTE_BYTES, MAX_SEALED_HEADER};

@@ -64,14 +64,13 @@ pub fn scan<S: ChunkSource>(
     let mut losses = Vec::new();
     for stripe in 0..layout.stripes() {
         let start = stripe * per;
-        let end = (start + layout.stripe_data(stripe).len() + layout.parity_per_stripe())
-            .min(ids.len());
+        let end =
+            (start + layout.stripe_data(stripe).len() + layout.parity_per_stripe()).min(ids.len());
         let mut lost = 0;
         for id in &ids[start..end] {
-            let present = source.contains(id).map_err(|source| RebuildError::Source {
-                chunk: *id,
-                source,
-            })?;
+            let present = source
+                .contains(id)
+                .map_err(|source| RebuildError::Source { chunk: *id, source })?;
             lost += usize::from(!present);
         }
         if lost > layout.parity_per_stripe() {
@@ -237,13 +236,7 @@ impl<S: ChunkSource> Reassembler<S> {
                 }],
             });
         }
-        let restored = rebuild_stripe(
-            layout.data_per_stripe(),
-            shard_len,
-            &data,
-            &lens,
-            &parity,
-        )?;
+        let restored = rebuild_stripe(layout.data_per_stripe(), shard_len, &data, &lens, &parity)?;
         let mut rebuilt = Vec::with_capacity(restored.len());
         for ((pos, bytes), (_, id, d)) in restored.into_iter().zip(&damage) {
             if !id.matches(&bytes) {

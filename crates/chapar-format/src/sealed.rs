@@ -190,14 +190,20 @@ mod tests {
             note: "x-rays, ward 4".into(),
         };
         let sealed = contents.seal(&alice.to_public()).expect("seals");
-        assert!(sealed.len() < 600, "sealed header is {} bytes", sealed.len());
+        assert!(
+            sealed.len() < 600,
+            "sealed header is {} bytes",
+            sealed.len()
+        );
         let opened = HeaderContents::open(&sealed, std::slice::from_ref(&alice))
             .expect("valid")
             .expect("addressed to alice");
         assert_eq!(opened.ack_secret.expose(), contents.ack_secret.expose());
         assert_eq!(opened.note, contents.note);
         assert_eq!(opened.total_size, 12345);
-        assert!(HeaderContents::open(&sealed, &[bob]).expect("valid").is_none());
+        assert!(HeaderContents::open(&sealed, &[bob])
+            .expect("valid")
+            .is_none());
         assert!(HeaderContents::open(b"garbage", &[alice]).is_err());
     }
 }

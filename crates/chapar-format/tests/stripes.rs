@@ -88,13 +88,23 @@ fn one_loss_more_than_parity_names_the_stripe() {
     let data = pseudo_random(CHUNK * 9 + 5, 1);
     let (layout, ids, whole, mut store) = chunk_stream(geometry(4, 2), &data);
     // Stripe 1: drop two data chunks and one parity chunk (3 > 2).
-    for slot in [Slot::Data(4), Slot::Data(6), Slot::Parity { stripe: 1, index: 1 }] {
+    for slot in [
+        Slot::Data(4),
+        Slot::Data(6),
+        Slot::Parity {
+            stripe: 1,
+            index: 1,
+        },
+    ] {
         store.chunks.remove(&ids[layout.position(slot)]);
     }
     match read_back(layout, &ids, whole, &store) {
         Err(RebuildError::TooManyMissing { losses }) => {
             assert_eq!(losses.len(), 1);
-            assert_eq!((losses[0].stripe, losses[0].lost, losses[0].parity), (1, 3, 2));
+            assert_eq!(
+                (losses[0].stripe, losses[0].lost, losses[0].parity),
+                (1, 3, 2)
+            );
         }
         other => panic!("expected TooManyMissing, got {other:?}"),
     }
@@ -108,8 +118,8 @@ fn a_flipped_byte_is_detected_and_repaired() {
     let (layout, ids, whole, mut store) = chunk_stream(geometry(4, 1), &data);
     let victim = ids[layout.position(Slot::Data(2))];
     store.chunks.get_mut(&victim).expect("present")[17] ^= 0x40;
-    let mut r = Reassembler::new(layout, ids.clone(), Part::Payload, &store, Some(whole))
-        .expect("reader");
+    let mut r =
+        Reassembler::new(layout, ids.clone(), Part::Payload, &store, Some(whole)).expect("reader");
     let mut out = Vec::new();
     r.read_to_end(&mut out).expect("repaired");
     assert_eq!(out, data);

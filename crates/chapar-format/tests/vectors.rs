@@ -17,7 +17,7 @@ fn vector_descriptor() -> Descriptor {
     let index_size = index::encoded_len(7) as u32; // 237 bytes: 1 data + 4 parity chunks
     Descriptor {
         priority: 200,
-        expires_at: 1_800_000_000 - 1_800_000_000 % 3600,
+        expires_at: 1_800_000_000, // a whole hour: 500,000 × 3600
         ciphertext_size,
         ciphertext_blake3: [0xcc; 32],
         geometry,
@@ -35,20 +35,44 @@ const VECTOR: &[(&str, &str)] = &[
     ("priority 200", "c8"),
     ("expires_at 1800000000 (u64 BE)", "000000006b49d200"),
     ("ciphertext_size 3000000", "00000000002dc6c0"),
-    ("ciphertext_blake3", "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"),
+    (
+        "ciphertext_blake3",
+        "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc",
+    ),
     ("chunk_size 1 MiB (u32 BE)", "00100000"),
     ("data_per_stripe 16", "10"),
     ("parity_per_stripe 4", "04"),
     ("index_size 237 (u32 BE)", "000000ed"),
     ("index chunk count 5", "05"),
-    ("index chunk 1", "0101010101010101010101010101010101010101010101010101010101010101"),
-    ("index chunk 2", "0202020202020202020202020202020202020202020202020202020202020202"),
-    ("index chunk 3", "0303030303030303030303030303030303030303030303030303030303030303"),
-    ("index chunk 4", "0404040404040404040404040404040404040404040404040404040404040404"),
-    ("index chunk 5", "0505050505050505050505050505050505050505050505050505050505050505"),
+    (
+        "index chunk 1",
+        "0101010101010101010101010101010101010101010101010101010101010101",
+    ),
+    (
+        "index chunk 2",
+        "0202020202020202020202020202020202020202020202020202020202020202",
+    ),
+    (
+        "index chunk 3",
+        "0303030303030303030303030303030303030303030303030303030303030303",
+    ),
+    (
+        "index chunk 4",
+        "0404040404040404040404040404040404040404040404040404040404040404",
+    ),
+    (
+        "index chunk 5",
+        "0505050505050505050505050505050505050505050505050505050505050505",
+    ),
     ("recipient count 2", "02"),
-    ("ack hash 1 (sorted)", "1111111111111111111111111111111111111111111111111111111111111111"),
-    ("ack hash 2", "2222222222222222222222222222222222222222222222222222222222222222"),
+    (
+        "ack hash 1 (sorted)",
+        "1111111111111111111111111111111111111111111111111111111111111111",
+    ),
+    (
+        "ack hash 2",
+        "2222222222222222222222222222222222222222222222222222222222222222",
+    ),
     ("sealed header 1: length 3, bytes", "0003 a1a1a1"),
     ("sealed header 2: length 2, bytes", "0002 b2b2"),
 ];
@@ -65,7 +89,10 @@ fn expected_bytes() -> Vec<u8> {
 fn descriptor_encoding_is_pinned() {
     let bytes = vector_descriptor().encode().expect("encodes");
     assert_eq!(hex::encode(&bytes), hex::encode(expected_bytes()));
-    assert_eq!(Descriptor::decode(&bytes).expect("decodes"), vector_descriptor());
+    assert_eq!(
+        Descriptor::decode(&bytes).expect("decodes"),
+        vector_descriptor()
+    );
 }
 
 #[test]
@@ -99,7 +126,10 @@ fn non_canonical_encodings_are_rejected() {
         Err(chapar_format::DecodeError::UnsupportedVersion { found: 2, .. })
     ));
     for cut in 0..good.len() {
-        assert!(Descriptor::decode(&good[..cut]).is_err(), "prefix of {cut} bytes decoded");
+        assert!(
+            Descriptor::decode(&good[..cut]).is_err(),
+            "prefix of {cut} bytes decoded"
+        );
     }
 }
 
@@ -116,7 +146,9 @@ fn descriptor_of_an_11_gb_bundle_with_every_limit_maxed_stays_under_16_kib() {
     let payload = geometry.layout(ciphertext_size).expect("layout");
     assert!(payload.data_chunks() > 10_000);
     let index_size = index::encoded_len(payload.total_chunks() as u64) as u32;
-    let index_layout = geometry.layout(u64::from(index_size)).expect("index layout");
+    let index_layout = geometry
+        .layout(u64::from(index_size))
+        .expect("index layout");
     let note = "n".repeat(MAX_NOTE_BYTES);
     let mut sealed_headers = Vec::new();
     let mut ack_hashes = Vec::new();
@@ -140,7 +172,9 @@ fn descriptor_of_an_11_gb_bundle_with_every_limit_maxed_stays_under_16_kib() {
         ciphertext_blake3: [2; 32],
         geometry,
         index_size,
-        index_chunks: (0..index_layout.total_chunks()).map(|i| id(i as u8)).collect(),
+        index_chunks: (0..index_layout.total_chunks())
+            .map(|i| id(i as u8))
+            .collect(),
         ack_hashes,
         sealed_headers,
     };

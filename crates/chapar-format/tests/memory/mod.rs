@@ -6,8 +6,10 @@ use std::io;
 
 use chapar_format::{ChunkId, ChunkSink, ChunkSource};
 
+/// Chunks held in a map, keyed by id.
 #[derive(Default, Clone)]
 pub struct MemoryChunks {
+    /// The stored chunks.
     pub chunks: HashMap<ChunkId, Vec<u8>>,
 }
 
