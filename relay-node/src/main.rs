@@ -12,5 +12,5 @@ struct Cli {}
 
 fn main() -> anyhow::Result<()> {
     let _cli = Cli::parse();
-    anyhow::bail!("the relay mesh is not built yet; see docs/ROADMAP.md")
+    anyhow::bail!("the relay mesh is not built yet; see the Status table in README.md")
 }
