@@ -66,7 +66,7 @@ fn seal_and_open(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("stream_to_null_sink", |b| {
         b.iter(|| {
-            let (sealed, sink) = seal_stream(&opts, NullSink(0), 1, SIZE as u64, |w| {
+            let (sealed, sink) = seal_stream(&opts, NullSink(0), 1, SIZE as u64, |w, _| {
                 w.write_all(&data)
                     .map_err(|e| chapar_bundle::BundleError::BadArchive(e.to_string()))
             })

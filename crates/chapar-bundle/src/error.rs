@@ -50,6 +50,14 @@ pub enum BundleError {
         /// The link.
         path: PathBuf,
     },
+    /// An input with no name to put in the archive (such as `/`).
+    #[error(
+        "{path}: has no name to use in the archive; seal the files and folders inside it instead"
+    )]
+    NoName {
+        /// The input.
+        path: PathBuf,
+    },
     /// A file name that is not valid UTF-8 (the manifest is JSON).
     #[error("{path}: file name is not valid UTF-8; rename it before sealing")]
     NonUtf8Name {
@@ -134,6 +142,9 @@ pub enum BundleError {
     /// None of the given keys opens any sealed header.
     #[error("this bundle is not addressed to the given key(s)")]
     NotAddressed,
+    /// The descriptor's receipt hashes differ from those sealed inside the payload.
+    #[error("the descriptor's receipt hashes differ from those sealed inside the payload: the descriptor was forged or altered")]
+    DescriptorMismatch,
     /// The sealed header does not belong to this descriptor.
     #[error("the sealed header names a different ciphertext than the descriptor: forged or mixed-up bundle")]
     HeaderMismatch,
@@ -183,6 +194,7 @@ impl BundleError {
             Self::SymlinkOutside { .. } => "symlink_outside",
             Self::SymlinkToFolder { .. } => "symlink_to_folder",
             Self::DanglingSymlink { .. } => "dangling_symlink",
+            Self::NoName { .. } => "no_name",
             Self::NonUtf8Name { .. } => "non_utf8_name",
             Self::DuplicateName { .. } => "duplicate_name",
             Self::ReservedName { .. } => "reserved_name",
@@ -199,6 +211,7 @@ impl BundleError {
             Self::Rebuild(_) => "rebuild_failed",
             Self::NotAddressed => "not_addressed",
             Self::HeaderMismatch => "header_mismatch",
+            Self::DescriptorMismatch => "descriptor_mismatch",
             Self::Decrypt(_) => "decrypt_failed",
             Self::UnsafePath { .. } => "unsafe_path",
             Self::UnsupportedEntry { .. } => "unsupported_entry",

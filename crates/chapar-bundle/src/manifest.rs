@@ -14,6 +14,9 @@ pub const MANIFEST_JSON: &str = "chapar-manifest.json";
 pub const MANIFEST_SHA256: &str = "chapar-manifest.sha256";
 /// The `format` field of this version of the manifest.
 pub const MANIFEST_FORMAT: &str = "chapar-manifest/1";
+/// Most bytes the note can add to a manifest (JSON escaping of the
+/// 1024-byte note, at worst six bytes per byte).
+pub(crate) const MAX_NOTE_IN_MANIFEST: u64 = 6 * 1024;
 /// Largest manifest accepted when opening (about 250,000 files).
 pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -25,6 +28,10 @@ pub struct Manifest {
     pub format: String,
     /// The sender's note (may be empty).
     pub note: String,
+    /// `BLAKE3(ack_secret)` of every recipient, hex, sorted: the same list
+    /// as the descriptor's. Sealed inside the payload so that a recipient
+    /// can tell a forged or altered descriptor from the sender's.
+    pub ack_hashes: Vec<String>,
     /// Every regular file, in archive order.
     pub files: Vec<ManifestEntry>,
 }

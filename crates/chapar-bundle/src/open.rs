@@ -16,6 +16,7 @@ use crate::folder::{BundleFolder, StagingDir};
 use crate::manifest::{
     Manifest, ManifestEntry, MANIFEST_FORMAT, MANIFEST_JSON, MANIFEST_SHA256, MAX_MANIFEST_BYTES,
 };
+use crate::tar_guard::TarGuard;
 
 /// What opening a bundle produced.
 #[derive(Debug)]
@@ -147,7 +148,7 @@ pub fn open_from_source<S: ChunkSource>(
                 other => BundleError::Decrypt(other.to_string()),
             })?;
         let mut plaintext = Tagged(plaintext);
-        let manifest = extract(&mut plaintext, staging.path())?;
+        let manifest = extract(TarGuard::new(&mut plaintext), staging.path())?;
         // Read to the very end: age checks its final segment and the
         // reassembler checks the whole ciphertext's BLAKE3 only there.
         let drained = io::copy(&mut plaintext, &mut io::sink()).map_err(classify)?;
@@ -160,10 +161,15 @@ pub fn open_from_source<S: ChunkSource>(
     }
     if manifest.files.len() as u64 != header.file_count
         || manifest.total_size() != header.total_size
+        || manifest.note != header.note
     {
         return Err(BundleError::ManifestMismatch(
-            "the file count or total size differs from the sealed header".into(),
+            "the file count, total size or note differs from the sealed header".into(),
         ));
+    }
+    let sealed_hashes: Vec<String> = descriptor.ack_hashes.iter().map(hex::encode).collect();
+    if manifest.ack_hashes != sealed_hashes {
+        return Err(BundleError::DescriptorMismatch);
     }
     BundleFolder::new(staging.path()).sync()?;
     staging.commit(out)?;
@@ -211,6 +217,12 @@ fn extract<R: Read>(reader: R, dest: &Path) -> Result<Manifest, BundleError> {
         let path = std::str::from_utf8(&raw)
             .map_err(|_| BundleError::BadArchive("an entry name is not UTF-8".into()))?
             .to_owned();
+        // The manifest closes the archive: only its checksum list may follow.
+        if manifest_bytes.is_some() && path != MANIFEST_SHA256 {
+            return Err(BundleError::BadArchive(format!(
+                "{path:?} follows the manifest"
+            )));
+        }
         let parts = safe_components(&path)?;
         let target: PathBuf = parts.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
         let kind = entry.header().entry_type();
@@ -236,11 +248,6 @@ fn extract<R: Read>(reader: R, dest: &Path) -> Result<Manifest, BundleError> {
                         sums_bytes = Some(bytes);
                     }
                     continue;
-                }
-                if manifest_bytes.is_some() {
-                    return Err(BundleError::BadArchive(format!(
-                        "{rel:?} follows the manifest"
-                    )));
                 }
                 if let Some(parent) = target.parent() {
                     fs::create_dir_all(parent).map_err(BundleError::io(parent))?;
@@ -365,7 +372,9 @@ pub struct Reassembled {
 pub fn reassemble_to_file(bundle: &Path, out: &Path) -> Result<Reassembled, BundleError> {
     let folder = BundleFolder::new(bundle);
     let (descriptor, bytes) = folder.read_descriptor()?;
-    crate::folder::check_output_free(out)?;
+    if fs::symlink_metadata(out).is_ok() {
+        return Err(BundleError::OutputExists { path: out.into() });
+    }
     let mut reader = ciphertext_reader(&descriptor, &folder)?;
     let mut tmp = tempfile_beside(out)?;
     let copied = io::copy(&mut reader, &mut tmp.1);
@@ -382,12 +391,17 @@ pub fn reassemble_to_file(bundle: &Path, out: &Path) -> Result<Reassembled, Bund
             });
         }
     };
-    let finish = tmp.1.sync_all().and_then(|()| fs::rename(&tmp.0, out));
+    // A hard link cannot replace an existing file, so whatever appeared
+    // at `out` meanwhile is never overwritten.
+    let finish = tmp.1.sync_all().and_then(|()| fs::hard_link(&tmp.0, out));
+    let _ = fs::remove_file(&tmp.0);
     if let Err(e) = finish {
-        let _ = fs::remove_file(&tmp.0);
-        return Err(BundleError::Io {
-            path: out.into(),
-            source: e,
+        return Err(match e.kind() {
+            io::ErrorKind::AlreadyExists => BundleError::OutputExists { path: out.into() },
+            _ => BundleError::Io {
+                path: out.into(),
+                source: e,
+            },
         });
     }
     Ok(Reassembled {

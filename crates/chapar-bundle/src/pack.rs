@@ -44,6 +44,33 @@ impl Plan {
             .count() as u64
     }
 
+    /// An upper bound on the archive's size in bytes: headers, GNU
+    /// long-name entries, padding, the manifest and the end marker.
+    pub fn archive_size_bound(&self) -> u64 {
+        let entries: u64 = self
+            .entries
+            .iter()
+            .map(|e| {
+                let data = match e.kind {
+                    PlannedKind::File { size } => size.div_ceil(512) * 512,
+                    PlannedKind::Folder => 0,
+                };
+                // header + long-name header and name blocks when needed
+                let name = 1024 + (e.archive_path.len() as u64).div_ceil(512) * 512;
+                data + name
+            })
+            .sum();
+        // Manifest: JSON and sha256sum lines per file, plus fixed parts.
+        let manifest: u64 = self
+            .entries
+            .iter()
+            .map(|e| 2 * (e.archive_path.len() as u64) + 400)
+            .sum::<u64>()
+            + 64 * 1024
+            + crate::manifest::MAX_NOTE_IN_MANIFEST;
+        entries + 2 * (manifest.div_ceil(512) * 512 + 1024) + 10240
+    }
+
     /// Total bytes of the regular files.
     pub fn total_size(&self) -> u64 {
         self.entries
@@ -64,8 +91,10 @@ fn mtime_of(meta: &fs::Metadata) -> u64 {
 }
 
 fn utf8_name(path: &Path) -> Result<String, BundleError> {
-    path.file_name()
-        .and_then(|n| n.to_str())
+    let name = path
+        .file_name()
+        .ok_or_else(|| BundleError::NoName { path: path.into() })?;
+    name.to_str()
         .map(str::to_owned)
         .ok_or_else(|| BundleError::NonUtf8Name { path: path.into() })
 }
@@ -208,6 +237,7 @@ const READ_BUFFER: usize = 256 * 1024;
 pub(crate) fn write_archive<W: Write>(
     plan: &Plan,
     note: &str,
+    ack_hashes: &[[u8; 32]],
     out: W,
 ) -> Result<(Manifest, W), BundleError> {
     let mut builder = tar::Builder::new(out);
@@ -243,11 +273,12 @@ pub(crate) fn write_archive<W: Write>(
                         source: e,
                     })?;
                 let hashing = reader.into_inner();
-                if hashing.read != size {
+                let grew = hashing.inner.into_inner().read(&mut [0u8; 1]).unwrap_or(0);
+                if hashing.read != size || grew > 0 {
                     return Err(BundleError::FileChanged {
                         path: entry.source.clone(),
                         expected: size,
-                        read: hashing.read,
+                        read: hashing.read + grew as u64,
                     });
                 }
                 files.push(ManifestEntry {
@@ -262,6 +293,7 @@ pub(crate) fn write_archive<W: Write>(
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
         note: note.into(),
+        ack_hashes: ack_hashes.iter().map(hex::encode).collect(),
         files,
     };
     let now = std::time::SystemTime::now()

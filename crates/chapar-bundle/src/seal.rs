@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use age::x25519::Recipient;
 use chapar_format::{
-    write_index, AckSecret, BundleId, ChunkSink, Descriptor, Geometry, HeaderContents, ParamError,
-    EXPIRY_GRANULARITY_SECS, MAX_NOTE_BYTES, MAX_RECIPIENTS,
+    check_capacity, write_index, AckSecret, BundleId, ChunkSink, Descriptor, Geometry,
+    HeaderContents, ParamError, EXPIRY_GRANULARITY_SECS, MAX_NOTE_BYTES, MAX_RECIPIENTS,
 };
 use rand::seq::SliceRandom;
 
@@ -96,9 +96,10 @@ fn expiry(expires_in: Duration) -> u64 {
 }
 
 /// Seals a payload written by `write_payload` (plaintext, normally a tar
-/// archive) into chunks in `sink`. `file_count` and `total_size` go into
-/// the sealed headers. The building block of [`seal_paths`]; exposed so
-/// nodes can seal straight into their store.
+/// archive) into chunks in `sink`. `write_payload` is given the sorted
+/// ack hashes of the recipients, to seal inside the payload. `file_count`
+/// and `total_size` go into the sealed headers. The building block of
+/// [`seal_paths`]; exposed so nodes can seal straight into their store.
 pub fn seal_stream<S, F>(
     opts: &SealOptions,
     sink: S,
@@ -108,9 +109,17 @@ pub fn seal_stream<S, F>(
 ) -> Result<(Sealed, S), BundleError>
 where
     S: ChunkSink + Send + 'static,
-    F: FnOnce(&mut dyn Write) -> Result<(), BundleError>,
+    F: FnOnce(&mut dyn Write, &[[u8; 32]]) -> Result<(), BundleError>,
 {
     opts.validate()?;
+    let secrets: Vec<AckSecret> = opts
+        .recipients
+        .iter()
+        .map(|_| AckSecret::random())
+        .collect();
+    // Sorted, so the order says nothing about the order of the recipients.
+    let mut ack_hashes: Vec<[u8; 32]> = secrets.iter().map(AckSecret::hash).collect();
+    ack_hashes.sort_unstable();
     let pipe = ChunkingPipe::new(opts.geometry, sink)?;
     let encryptor =
         age::Encryptor::with_recipients(opts.recipients.iter().map(|r| r as &dyn age::Recipient))
@@ -120,31 +129,27 @@ where
         source,
     };
     let mut age_writer = encryptor.wrap_output(pipe).map_err(pipe_err)?;
-    write_payload(&mut age_writer)?;
+    write_payload(&mut age_writer, &ack_hashes)?;
     let pipe = age_writer.finish().map_err(pipe_err)?;
     let (chunked, mut sink) = pipe.finish().map_err(pipe_err)?;
     let (index_size, index_chunks) =
         write_index(opts.geometry, &chunked.ids, &mut sink).map_err(pipe_err)?;
 
     let mut sealed_headers = Vec::with_capacity(opts.recipients.len());
-    let mut ack_hashes = Vec::with_capacity(opts.recipients.len());
-    for recipient in &opts.recipients {
+    for (recipient, ack_secret) in opts.recipients.iter().zip(secrets) {
         let contents = HeaderContents {
-            ack_secret: AckSecret::random(),
+            ack_secret,
             ciphertext_blake3: chunked.blake3,
             file_count,
             total_size,
             note: opts.note.clone(),
         };
-        ack_hashes.push(contents.ack_secret.hash());
         sealed_headers.push(
             contents
                 .seal(recipient)
                 .map_err(|e| ParamError(e.to_string()))?,
         );
     }
-    // Neither list's order may hint at the order recipients were given in.
-    ack_hashes.sort_unstable();
     sealed_headers.shuffle(&mut rand::rngs::OsRng);
 
     let descriptor = Descriptor {
@@ -169,6 +174,13 @@ where
     Ok((sealed, sink))
 }
 
+/// An upper bound on the age ciphertext of `plan`: the archive, a tag per
+/// 64 KiB segment, the nonce, and a generous header per recipient.
+fn ciphertext_size_bound(plan: &pack::Plan, opts: &SealOptions) -> u64 {
+    let archive = plan.archive_size_bound();
+    archive + 16 * (archive / (64 * 1024) + 1) + 16 + 1024 * (opts.recipients.len() as u64 + 1)
+}
+
 /// Seals files and folders into chunks in `sink`.
 pub fn seal_paths<S>(
     inputs: &[PathBuf],
@@ -180,9 +192,11 @@ where
 {
     opts.validate()?;
     let plan = pack::plan(inputs)?;
+    // Refuse before encrypting anything if the bundle cannot fit the format.
+    check_capacity(opts.geometry, ciphertext_size_bound(&plan, opts))?;
     let (file_count, total_size) = (plan.file_count(), plan.total_size());
-    seal_stream(opts, sink, file_count, total_size, |out| {
-        pack::write_archive(&plan, &opts.note, out).map(|_| ())
+    seal_stream(opts, sink, file_count, total_size, |out, ack_hashes| {
+        pack::write_archive(&plan, &opts.note, ack_hashes, out).map(|_| ())
     })
 }
 

@@ -263,3 +263,42 @@ fn corruption_beyond_parity_fails_and_leaves_nothing_that_looks_complete() {
         .collect();
     assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
 }
+
+/// Anyone who knows a recipient's public key can copy a bundle's
+/// descriptor, swap in a sealed header of their own (with an ack secret
+/// they chose and the real ciphertext hash) and see whether a receipt
+/// comes back. The payload seals the real ack hashes, so the recipient
+/// refuses the altered descriptor instead of opening it.
+#[test]
+fn a_descriptor_with_a_forged_header_is_refused() {
+    let s = seal_files(&[("a", bytes(5000, 11))], 1);
+    let folder = BundleFolder::new(&s.bundle);
+    let (mut d, _) = folder.read_descriptor().expect("descriptor");
+    let forged = chapar_format::HeaderContents {
+        ack_secret: chapar_format::AckSecret::from_bytes([42; 32]),
+        ciphertext_blake3: d.ciphertext_blake3,
+        file_count: 1,
+        total_size: 5000,
+        note: "ward 4, nights of 14–16".into(),
+    };
+    d.sealed_headers = vec![forged.seal(&s.key.to_public()).expect("seal")];
+    d.ack_hashes = vec![forged.ack_secret.hash()];
+    fs::write(folder.descriptor_path(), d.encode().expect("encode")).expect("write");
+    let out = s.root.join("out");
+    let err = open_folder(&s.bundle, &[s.key], &out).expect_err("forged descriptor opened");
+    assert!(matches!(err, BundleError::DescriptorMismatch), "{err:?}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_bundle_too_large_for_its_chunk_size_is_refused_before_sealing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("big.bin");
+    fs::write(&input, bytes(3_000_000, 1)).expect("write");
+    let mut o = opts(&[&key()], 4);
+    o.geometry.data_per_stripe = 16;
+    let out = tmp.path().join("bundle");
+    let err = seal_to_folder(&[input], &o, &out).expect_err("too many chunks");
+    assert!(err.to_string().contains("use a larger chunk size"), "{err}");
+    assert!(!out.exists());
+}

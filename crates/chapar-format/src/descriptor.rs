@@ -54,6 +54,22 @@ pub struct Descriptor {
     pub sealed_headers: Vec<Vec<u8>>,
 }
 
+/// Checks, before sealing, that a payload of `ciphertext_size` bytes fits
+/// the format with this geometry (its index must fit in
+/// [`MAX_INDEX_CHUNKS`] chunks). Returns the number of index chunks.
+pub fn check_capacity(geometry: Geometry, ciphertext_size: u64) -> Result<usize, ParamError> {
+    let payload = geometry.layout(ciphertext_size)?;
+    let index_size = index::encoded_len(payload.total_chunks() as u64);
+    let index = geometry.layout(index_size)?;
+    if index_size > u64::from(u32::MAX) || index.total_chunks() > MAX_INDEX_CHUNKS {
+        return Err(ParamError(format!(
+            "a {ciphertext_size}-byte bundle needs a chunk index of {} chunks, more than {MAX_INDEX_CHUNKS}; use a larger chunk size",
+            index.total_chunks()
+        )));
+    }
+    Ok(index.total_chunks())
+}
+
 impl Descriptor {
     /// The payload's layout.
     pub fn payload_layout(&self) -> Result<Layout, ParamError> {

@@ -29,8 +29,8 @@ mod wire;
 
 pub use chunker::{write_index, ChunkSink, Chunked, StripeWriter};
 pub use descriptor::{
-    Descriptor, DESCRIPTOR_MAGIC, DESCRIPTOR_VERSION, EXPIRY_GRANULARITY_SECS, MAX_DESCRIPTOR_SIZE,
-    MAX_INDEX_CHUNKS, MAX_RECIPIENTS,
+    check_capacity, Descriptor, DESCRIPTOR_MAGIC, DESCRIPTOR_VERSION, EXPIRY_GRANULARITY_SECS,
+    MAX_DESCRIPTOR_SIZE, MAX_INDEX_CHUNKS, MAX_RECIPIENTS,
 };
 pub use erasure::{mask_parity, parity_mask, rebuild_stripe, StripeEncoder, MASK_LEN};
 pub use error::{DecodeError, ParamError, Part, RebuildError, StripeLoss};
