@@ -9,8 +9,9 @@ use chapar_format::{ChunkSink, Chunked, Geometry, ParamError, StripeWriter};
 
 /// Bytes handed to the worker per message.
 const BLOCK: usize = 1024 * 1024;
-/// Blocks in flight: bounds memory to about `DEPTH × BLOCK`.
-const DEPTH: usize = 4;
+/// Blocks in flight: bounds memory to about `DEPTH × BLOCK`. Deep enough
+/// that encryption keeps going while the worker codes a stripe's parity.
+const DEPTH: usize = 8;
 
 /// A `Write` whose bytes are chunked by a worker thread.
 pub(crate) struct ChunkingPipe<S: ChunkSink + Send + 'static> {

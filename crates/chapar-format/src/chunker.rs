@@ -64,16 +64,23 @@ impl<S: ChunkSink> StripeWriter<S> {
     }
 
     fn flush_chunk(&mut self) -> io::Result<()> {
-        let id = ChunkId::of(&self.buf);
-        self.whole.update(&self.buf);
-        self.sink.put(&id, &self.buf)?;
+        let buf = std::mem::take(&mut self.buf);
+        let result = self.emit_chunk(&buf);
+        self.buf = buf;
+        self.buf.clear();
+        result
+    }
+
+    fn emit_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
+        let id = ChunkId::of(chunk);
+        self.whole.update(chunk);
+        self.sink.put(&id, chunk)?;
         if self.in_stripe == 0 {
-            let shard_len = self.buf.len() + self.buf.len() % 2;
+            let shard_len = chunk.len() + chunk.len() % 2;
             self.encoder.begin(shard_len).map_err(io::Error::other)?;
         }
-        self.encoder.add(&self.buf).map_err(io::Error::other)?;
+        self.encoder.add(chunk).map_err(io::Error::other)?;
         self.ids.push(id);
-        self.buf.clear();
         self.in_stripe += 1;
         if self.in_stripe == usize::from(self.geometry.data_per_stripe) {
             self.end_stripe()?;
@@ -130,11 +137,18 @@ impl<S: ChunkSink> StripeWriter<S> {
 
 impl<S: ChunkSink> Write for StripeWriter<S> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = self.geometry.chunk_size as usize - self.buf.len();
-        let n = room.min(data.len());
+        let chunk_size = self.geometry.chunk_size as usize;
+        // Whole chunks are hashed and coded straight from the caller's
+        // buffer; only partial ones are copied.
+        if self.buf.is_empty() && data.len() >= chunk_size {
+            self.size += chunk_size as u64;
+            self.emit_chunk(&data[..chunk_size])?;
+            return Ok(chunk_size);
+        }
+        let n = (chunk_size - self.buf.len()).min(data.len());
         self.buf.extend_from_slice(&data[..n]);
         self.size += n as u64;
-        if self.buf.len() == self.geometry.chunk_size as usize {
+        if self.buf.len() == chunk_size {
             self.flush_chunk()?;
         }
         Ok(n)
