@@ -172,7 +172,7 @@ pub enum BundleError {
     #[error("manifest check failed: {0}")]
     ManifestMismatch(String),
     /// The output already exists.
-    #[error("{path}: already exists and is not an empty folder")]
+    #[error("{path}: already exists; Chapar never overwrites, so give a new path (or an empty folder for a folder)")]
     OutputExists {
         /// The path.
         path: PathBuf,

@@ -21,7 +21,6 @@ mod open;
 mod pack;
 mod pipeline;
 mod seal;
-mod tar_guard;
 
 pub use error::BundleError;
 pub use folder::{BundleFolder, FolderSink, CHUNKS_DIR, DESCRIPTOR_FILE};

@@ -16,7 +16,12 @@ use crate::folder::{BundleFolder, StagingDir};
 use crate::manifest::{
     Manifest, ManifestEntry, MANIFEST_FORMAT, MANIFEST_JSON, MANIFEST_SHA256, MAX_MANIFEST_BYTES,
 };
-use crate::tar_guard::TarGuard;
+
+/// Longest GNU long name accepted. The archive is read in raw mode and
+/// long names are read here, bounded: the `tar` crate would read them (and
+/// PAX records, which Chapar never writes) wholly into memory, whatever
+/// size a hostile header claims.
+const MAX_LONG_NAME: u64 = 64 * 1024;
 
 /// What opening a bundle produced.
 #[derive(Debug)]
@@ -148,7 +153,7 @@ pub fn open_from_source<S: ChunkSource>(
                 other => BundleError::Decrypt(other.to_string()),
             })?;
         let mut plaintext = Tagged(plaintext);
-        let manifest = extract(TarGuard::new(&mut plaintext), staging.path())?;
+        let manifest = extract(&mut plaintext, staging.path())?;
         // Read to the very end: age checks its final segment and the
         // reassembler checks the whole ciphertext's BLAKE3 only there.
         let drained = io::copy(&mut plaintext, &mut io::sink()).map_err(classify)?;
@@ -211,9 +216,22 @@ fn extract<R: Read>(reader: R, dest: &Path) -> Result<Manifest, BundleError> {
     let mut found = Vec::new();
     let mut manifest_bytes = None;
     let mut sums_bytes = None;
-    for entry in archive.entries().map_err(classify)? {
+    let mut long_name: Option<Vec<u8>> = None;
+    for entry in archive.entries().map_err(classify)?.raw(true) {
         let mut entry = entry.map_err(classify)?;
-        let raw = entry.path_bytes();
+        let kind = entry.header().entry_type();
+        if kind.is_gnu_longname() {
+            if long_name.is_some() {
+                return Err(BundleError::BadArchive(
+                    "two long names for one entry".into(),
+                ));
+            }
+            long_name = Some(read_long_name(&mut entry)?);
+            continue;
+        }
+        let raw = long_name
+            .take()
+            .unwrap_or_else(|| entry.path_bytes().into_owned());
         let path = std::str::from_utf8(&raw)
             .map_err(|_| BundleError::BadArchive("an entry name is not UTF-8".into()))?
             .to_owned();
@@ -225,13 +243,17 @@ fn extract<R: Read>(reader: R, dest: &Path) -> Result<Manifest, BundleError> {
         }
         let parts = safe_components(&path)?;
         let target: PathBuf = parts.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
-        let kind = entry.header().entry_type();
         match kind {
             tar::EntryType::Directory => {
                 fs::create_dir_all(&target).map_err(BundleError::io(&target))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let rel = parts.join("/");
+                if rel == MANIFEST_SHA256 && manifest_bytes.is_none() {
+                    return Err(BundleError::BadArchive(format!(
+                        "{MANIFEST_SHA256} comes before {MANIFEST_JSON}"
+                    )));
+                }
                 if rel == MANIFEST_JSON || rel == MANIFEST_SHA256 {
                     let mut bytes = Vec::new();
                     (&mut entry)
@@ -285,6 +307,26 @@ fn extract<R: Read>(reader: R, dest: &Path) -> Result<Manifest, BundleError> {
         )));
     }
     Ok(manifest)
+}
+
+/// Reads a GNU long-name entry's data, refusing one larger than
+/// [`MAX_LONG_NAME`] before reading it.
+fn read_long_name<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<u8>, BundleError> {
+    let size = entry.header().entry_size().map_err(classify)?;
+    if size > MAX_LONG_NAME {
+        return Err(BundleError::BadArchive(format!(
+            "a long file name entry claims {size} bytes, more than {MAX_LONG_NAME}"
+        )));
+    }
+    let mut name = Vec::with_capacity(size as usize);
+    entry
+        .take(MAX_LONG_NAME)
+        .read_to_end(&mut name)
+        .map_err(classify)?;
+    while name.last() == Some(&0) {
+        name.pop();
+    }
+    Ok(name)
 }
 
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
@@ -391,11 +433,12 @@ pub fn reassemble_to_file(bundle: &Path, out: &Path) -> Result<Reassembled, Bund
             });
         }
     };
-    // A hard link cannot replace an existing file, so whatever appeared
-    // at `out` meanwhile is never overwritten.
-    let finish = tmp.1.sync_all().and_then(|()| fs::hard_link(&tmp.0, out));
-    let _ = fs::remove_file(&tmp.0);
+    let finish = tmp
+        .1
+        .sync_all()
+        .and_then(|()| rename_no_replace(&tmp.0, out));
     if let Err(e) = finish {
+        let _ = fs::remove_file(&tmp.0);
         return Err(match e.kind() {
             io::ErrorKind::AlreadyExists => BundleError::OutputExists { path: out.into() },
             _ => BundleError::Io {
@@ -412,6 +455,22 @@ pub fn reassemble_to_file(bundle: &Path, out: &Path) -> Result<Reassembled, Bund
     })
 }
 
+/// Renames without ever replacing what is at `to` (`RENAME_NOREPLACE`;
+/// where a file system lacks it, a check just before a plain rename).
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            if fs::symlink_metadata(to).is_ok() {
+                return Err(io::ErrorKind::AlreadyExists.into());
+            }
+            fs::rename(from, to)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn tempfile_beside(out: &Path) -> Result<(PathBuf, File), BundleError> {
     let name = out
         .file_name()
@@ -421,4 +480,62 @@ fn tempfile_beside(out: &Path) -> Result<(PathBuf, File), BundleError> {
     let path = out.with_file_name(format!(".{name}.chapar-partial-{suffix:016x}"));
     let file = File::create_new(&path).map_err(BundleError::io(&path))?;
     Ok((path, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kind: u8, name: &str, size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::new(kind));
+        h.set_path(name).expect("name");
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    fn extract_bytes(bytes: &[u8]) -> Result<Manifest, BundleError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        extract(bytes, dir.path())
+    }
+
+    #[test]
+    fn a_long_name_claiming_gigabytes_is_refused_without_reading_it() {
+        let mut bytes = header(b'L', "././@LongLink", 10 * 1024 * 1024 * 1024);
+        bytes.extend([0u8; 1024]);
+        let err = extract_bytes(&bytes).expect_err("refused");
+        assert!(err.to_string().contains("long file name"), "{err}");
+    }
+
+    #[test]
+    fn pax_and_long_link_entries_are_refused() {
+        for kind in [b'x', b'g', b'K'] {
+            let mut bytes = header(kind, "pax", 10);
+            bytes.extend([b'a'; 512]);
+            bytes.extend([0u8; 1024]);
+            let err = extract_bytes(&bytes).expect_err("refused");
+            assert!(
+                matches!(err, BundleError::UnsupportedEntry { .. }),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_names_written_by_the_sealer_are_read_back() {
+        let mut b = tar::Builder::new(Vec::new());
+        let long = format!("{}/file.txt", "folder".repeat(40));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &long, &b"abc"[..]).expect("append");
+        let bytes = b.into_inner().expect("finish");
+        let dir = tempfile::tempdir().expect("tempdir");
+        // No manifest: extraction completes, then reports it missing.
+        let err = extract(&bytes[..], dir.path()).expect_err("no manifest");
+        assert!(matches!(err, BundleError::ManifestMismatch(_)), "{err:?}");
+        assert_eq!(fs::read(dir.path().join(&long)).expect("extracted"), b"abc");
+    }
 }

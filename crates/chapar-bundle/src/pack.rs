@@ -55,20 +55,25 @@ impl Plan {
                     PlannedKind::File { size } => size.div_ceil(512) * 512,
                     PlannedKind::Folder => 0,
                 };
-                // header + long-name header and name blocks when needed
-                let name = 1024 + (e.archive_path.len() as u64).div_ceil(512) * 512;
+                // header, plus a long-name header and the name (with "/"
+                // and NUL) in whole blocks when it does not fit
+                let name = 1024 + (e.archive_path.len() as u64 + 2).div_ceil(512) * 512;
                 data + name
             })
             .sum();
-        // Manifest: JSON and sha256sum lines per file, plus fixed parts.
-        let manifest: u64 = self
-            .entries
+        let manifest = self.manifest_size_bound();
+        entries + 2 * (manifest.div_ceil(512) * 512 + 1024) + 10240
+    }
+
+    /// An upper bound on the manifest JSON (or checksum list): per file its
+    /// path (JSON escapes a control character as six bytes) and hashes.
+    pub fn manifest_size_bound(&self) -> u64 {
+        self.entries
             .iter()
-            .map(|e| 2 * (e.archive_path.len() as u64) + 400)
+            .map(|e| 6 * (e.archive_path.len() as u64) + 400)
             .sum::<u64>()
             + 64 * 1024
-            + crate::manifest::MAX_NOTE_IN_MANIFEST;
-        entries + 2 * (manifest.div_ceil(512) * 512 + 1024) + 10240
+            + crate::manifest::MAX_NOTE_IN_MANIFEST
     }
 
     /// Total bytes of the regular files.

@@ -13,6 +13,7 @@ use rand::seq::SliceRandom;
 
 use crate::error::BundleError;
 use crate::folder::{BundleFolder, StagingDir};
+use crate::manifest::MAX_MANIFEST_BYTES;
 use crate::pack;
 use crate::pipeline::ChunkingPipe;
 
@@ -194,6 +195,13 @@ where
     let plan = pack::plan(inputs)?;
     // Refuse before encrypting anything if the bundle cannot fit the format.
     check_capacity(opts.geometry, ciphertext_size_bound(&plan, opts))?;
+    if plan.manifest_size_bound() > MAX_MANIFEST_BYTES {
+        return Err(ParamError(format!(
+            "{} files are too many for one bundle (its manifest could pass the {MAX_MANIFEST_BYTES}-byte limit); seal them in several bundles",
+            plan.file_count()
+        ))
+        .into());
+    }
     let (file_count, total_size) = (plan.file_count(), plan.total_size());
     seal_stream(opts, sink, file_count, total_size, |out, ack_hashes| {
         pack::write_archive(&plan, &opts.note, ack_hashes, out).map(|_| ())
