@@ -25,8 +25,8 @@ mod seal;
 pub use error::BundleError;
 pub use folder::{BundleFolder, FolderSink, CHUNKS_DIR, DESCRIPTOR_FILE};
 pub use open::{
-    ciphertext_reader, find_header, open_folder, open_from_source, reassemble_to_file, Opened,
-    Reassembled,
+    ciphertext_reader, find_header, open_folder, open_from_source, reassemble_to_file,
+    unpack_archive, Opened, Reassembled,
 };
 pub use pack::{plan, Plan};
 pub use seal::{

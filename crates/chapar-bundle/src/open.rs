@@ -153,7 +153,7 @@ pub fn open_from_source<S: ChunkSource>(
                 other => BundleError::Decrypt(other.to_string()),
             })?;
         let mut plaintext = Tagged(plaintext);
-        let manifest = extract(&mut plaintext, staging.path())?;
+        let manifest = unpack_archive(&mut plaintext, staging.path())?;
         // Read to the very end: age checks its final segment and the
         // reassembler checks the whole ciphertext's BLAKE3 only there.
         let drained = io::copy(&mut plaintext, &mut io::sink()).map_err(classify)?;
@@ -209,9 +209,12 @@ fn entry_kind(t: tar::EntryType) -> String {
     }
 }
 
-/// Extracts every entry into `dest`, hashing files, and checks them
-/// against the manifest that closes the archive.
-fn extract<R: Read>(reader: R, dest: &Path) -> Result<Manifest, BundleError> {
+/// Extracts a payload archive into the folder `dest` with every check of
+/// `chapar open` (safe paths, regular files and folders only, bounded
+/// names, nothing after the manifest) and verifies each file against the
+/// manifest that closes the archive. On error, `dest` may hold a partial
+/// extraction: callers extract into a staging folder.
+pub fn unpack_archive<R: Read>(reader: R, dest: &Path) -> Result<Manifest, BundleError> {
     let mut archive = tar::Archive::new(reader);
     let mut found = Vec::new();
     let mut manifest_bytes = None;
@@ -498,7 +501,7 @@ mod tests {
 
     fn extract_bytes(bytes: &[u8]) -> Result<Manifest, BundleError> {
         let dir = tempfile::tempdir().expect("tempdir");
-        extract(bytes, dir.path())
+        unpack_archive(bytes, dir.path())
     }
 
     #[test]
@@ -534,7 +537,7 @@ mod tests {
         let bytes = b.into_inner().expect("finish");
         let dir = tempfile::tempdir().expect("tempdir");
         // No manifest: extraction completes, then reports it missing.
-        let err = extract(&bytes[..], dir.path()).expect_err("no manifest");
+        let err = unpack_archive(&bytes[..], dir.path()).expect_err("no manifest");
         assert!(matches!(err, BundleError::ManifestMismatch(_)), "{err:?}");
         assert_eq!(fs::read(dir.path().join(&long)).expect("extracted"), b"abc");
     }
