@@ -363,11 +363,12 @@ fn seal_hostile(env: &Env, recipient: &str, entries: &[(&str, u8, &[u8])]) -> Pa
     let bundle = env.path("hostile");
     let folder = chapar_bundle::BundleFolder::new(&bundle);
     fs::create_dir(&bundle).expect("mkdir");
-    let (sealed, _) = chapar_bundle::seal_stream(&opts, folder.sink(), 1, 4, |w, _| {
-        w.write_all(&payload)
-            .map_err(|e| chapar_bundle::BundleError::BadArchive(e.to_string()))
-    })
-    .expect("seal");
+    let (sealed, _) =
+        chapar_bundle::seal_stream(&opts, folder.sink().expect("sink"), 1, 4, |w, _| {
+            w.write_all(&payload)
+                .map_err(|e| chapar_bundle::BundleError::BadArchive(e.to_string()))
+        })
+        .expect("seal");
     folder
         .write_descriptor(&sealed.descriptor_bytes)
         .expect("descriptor");

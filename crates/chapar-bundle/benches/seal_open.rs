@@ -54,6 +54,32 @@ fn baselines(c: &mut Criterion) {
     g.bench_function("blake3_1core", |b| {
         b.iter(|| black_box(blake3::hash(&data)))
     });
+    g.bench_function("sha256_1core", |b| {
+        b.iter(|| black_box(<sha2::Sha256 as sha2::Digest>::digest(&data)))
+    });
+    g.finish();
+
+    // What the disk gives: the bytes a sealed bundle occupies (payload plus
+    // 4/16 parity) written as 1 MiB files, then one syncfs.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut g = c.benchmark_group("baseline");
+    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.sample_size(10);
+    let mut round = 0;
+    g.bench_function("write_1MiB_files_plus_parity_then_syncfs", |b| {
+        b.iter(|| {
+            round += 1;
+            let dir = tmp.path().join(format!("raw{round}"));
+            std::fs::create_dir(&dir).expect("mkdir");
+            let chunk = &data[..1024 * 1024];
+            for i in 0..(SIZE / chunk.len()) * 5 / 4 {
+                std::fs::write(dir.join(i.to_string()), chunk).expect("write");
+            }
+            let d = std::fs::File::open(&dir).expect("open dir");
+            rustix::fs::syncfs(&d).expect("syncfs");
+            std::fs::remove_dir_all(&dir).expect("cleanup");
+        })
+    });
     g.finish();
 }
 

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use chapar_format::{ChunkId, ChunkSink, ChunkSource, Descriptor, MAX_DESCRIPTOR_SIZE};
 
+use crate::durable::BackgroundSync;
 use crate::error::BundleError;
 
 /// File name of the descriptor inside a bundle folder.
@@ -87,29 +88,31 @@ impl BundleFolder {
         write().map_err(BundleError::io(&path))
     }
 
-    /// A sink that writes chunks into this folder.
-    pub fn sink(&self) -> FolderSink {
-        FolderSink {
+    /// A sink that writes chunks into this folder; call
+    /// [`FolderSink::finish`] to make them durable.
+    pub fn sink(&self) -> Result<FolderSink, BundleError> {
+        Ok(FolderSink {
             folder: self.clone(),
             made_shards: [false; 256],
-        }
-    }
-
-    /// Flushes every chunk written so far to stable storage with a single
-    /// `syncfs`, far cheaper than one fsync per chunk.
-    pub fn sync(&self) -> Result<(), BundleError> {
-        let dir = File::open(&self.root).map_err(BundleError::io(&self.root))?;
-        rustix::fs::syncfs(&dir).map_err(|e| BundleError::Io {
-            path: self.root.clone(),
-            source: e.into(),
+            syncer: BackgroundSync::new().map_err(BundleError::io(&self.root))?,
         })
     }
 }
 
-/// Writes chunks into a [`BundleFolder`].
+/// Writes chunks into a [`BundleFolder`], flushing them in the background.
 pub struct FolderSink {
     folder: BundleFolder,
     made_shards: [bool; 256],
+    syncer: BackgroundSync,
+}
+
+impl FolderSink {
+    /// Waits until every chunk written, and the folders naming them, are
+    /// on stable storage.
+    pub fn finish(self) -> Result<(), BundleError> {
+        let root = self.folder.root.clone();
+        self.syncer.finish(&root).map_err(BundleError::io(&root))
+    }
 }
 
 impl ChunkSink for FolderSink {
@@ -122,7 +125,9 @@ impl ChunkSink for FolderSink {
             }
             self.made_shards[shard] = true;
         }
-        File::create(&path)?.write_all(bytes)
+        let mut file = File::create(&path)?;
+        file.write_all(bytes)?;
+        self.syncer.push(file)
     }
 }
 

@@ -13,6 +13,7 @@
 //! itself lives in `chapar-format`.
 #![forbid(unsafe_code)]
 
+pub mod durable;
 mod error;
 mod folder;
 pub mod keys;

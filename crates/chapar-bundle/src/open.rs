@@ -11,11 +11,13 @@ use chapar_format::{
 };
 use sha2::Digest;
 
+use crate::durable::BackgroundSync;
 use crate::error::BundleError;
 use crate::folder::{BundleFolder, StagingDir};
 use crate::manifest::{
     Manifest, ManifestEntry, MANIFEST_FORMAT, MANIFEST_JSON, MANIFEST_SHA256, MAX_MANIFEST_BYTES,
 };
+use crate::pipeline::ReadAhead;
 
 /// Longest GNU long name accepted. The archive is read in raw mode and
 /// long names are read here, bounded: the `tar` crate would read them (and
@@ -123,11 +125,11 @@ pub fn open_folder(
 ) -> Result<Opened, BundleError> {
     let folder = BundleFolder::new(bundle);
     let (descriptor, bytes) = folder.read_descriptor()?;
-    open_from_source(&descriptor, BundleId::of(&bytes), &folder, identities, out)
+    open_from_source(&descriptor, BundleId::of(&bytes), folder, identities, out)
 }
 
 /// Opens a bundle whose chunks come from any [`ChunkSource`].
-pub fn open_from_source<S: ChunkSource>(
+pub fn open_from_source<S: ChunkSource + Send + 'static>(
     descriptor: &Descriptor,
     bundle_id: BundleId,
     source: S,
@@ -136,7 +138,8 @@ pub fn open_from_source<S: ChunkSource>(
 ) -> Result<Opened, BundleError> {
     let header = find_header(descriptor, identities)?;
     let staging = StagingDir::beside(out)?;
-    let mut ciphertext = ciphertext_reader(descriptor, source)?;
+    let mut ciphertext =
+        ReadAhead::spawn(ciphertext_reader(descriptor, source)?).map_err(BundleError::io(out))?;
     let (manifest, drained) = {
         let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(
             256 * 1024,
@@ -153,12 +156,16 @@ pub fn open_from_source<S: ChunkSource>(
                 other => BundleError::Decrypt(other.to_string()),
             })?;
         let mut plaintext = Tagged(plaintext);
-        let manifest = unpack_archive(&mut plaintext, staging.path())?;
+        let manifest = unpack(&mut plaintext, staging.path(), true)?;
         // Read to the very end: age checks its final segment and the
         // reassembler checks the whole ciphertext's BLAKE3 only there.
         let drained = io::copy(&mut plaintext, &mut io::sink()).map_err(classify)?;
         (manifest, drained)
     };
+    let repairs = ciphertext
+        .finish()
+        .map(|reader| reader.repairs().to_vec())
+        .unwrap_or_default();
     if drained > 1024 * 1024 {
         return Err(BundleError::BadArchive(format!(
             "{drained} bytes follow the end of the archive"
@@ -176,13 +183,12 @@ pub fn open_from_source<S: ChunkSource>(
     if manifest.ack_hashes != sealed_hashes {
         return Err(BundleError::DescriptorMismatch);
     }
-    BundleFolder::new(staging.path()).sync()?;
     staging.commit(out)?;
     Ok(Opened {
         bundle_id,
         note: header.note,
         manifest,
-        repairs: ciphertext.repairs().to_vec(),
+        repairs,
         ack_secret: header.ack_secret,
     })
 }
@@ -213,8 +219,31 @@ fn entry_kind(t: tar::EntryType) -> String {
 /// `chapar open` (safe paths, regular files and folders only, bounded
 /// names, nothing after the manifest) and verifies each file against the
 /// manifest that closes the archive. On error, `dest` may hold a partial
-/// extraction: callers extract into a staging folder.
+/// extraction: callers extract into a staging folder. Files are not
+/// flushed to stable storage (`chapar open` does that).
 pub fn unpack_archive<R: Read>(reader: R, dest: &Path) -> Result<Manifest, BundleError> {
+    unpack(reader, dest, false)
+}
+
+/// [`unpack_archive`], optionally flushing every file and folder to stable
+/// storage (in the background, while extraction goes on) before returning.
+fn unpack<R: Read>(reader: R, dest: &Path, durable: bool) -> Result<Manifest, BundleError> {
+    let mut syncer = match durable {
+        true => Some(BackgroundSync::new().map_err(BundleError::io(dest))?),
+        false => None,
+    };
+    let manifest = unpack_entries(reader, dest, &mut syncer)?;
+    if let Some(syncer) = syncer {
+        syncer.finish(dest).map_err(BundleError::io(dest))?;
+    }
+    Ok(manifest)
+}
+
+fn unpack_entries<R: Read>(
+    reader: R,
+    dest: &Path,
+    syncer: &mut Option<BackgroundSync>,
+) -> Result<Manifest, BundleError> {
     let mut archive = tar::Archive::new(reader);
     let mut found = Vec::new();
     let mut manifest_bytes = None;
@@ -266,7 +295,10 @@ pub fn unpack_archive<R: Read>(reader: R, dest: &Path) -> Result<Manifest, Bundl
                     if bytes.len() as u64 > MAX_MANIFEST_BYTES {
                         return Err(BundleError::BadArchive("manifest too large".into()));
                     }
-                    write_new(&target, &bytes)?;
+                    let file = write_new(&target, &bytes)?;
+                    if let Some(s) = syncer {
+                        s.push(file).map_err(BundleError::io(&target))?;
+                    }
                     if rel == MANIFEST_JSON {
                         manifest_bytes = Some(bytes);
                     } else {
@@ -278,7 +310,11 @@ pub fn unpack_archive<R: Read>(reader: R, dest: &Path) -> Result<Manifest, Bundl
                     fs::create_dir_all(parent).map_err(BundleError::io(parent))?;
                 }
                 let mtime = entry.header().mtime().ok();
-                found.push(extract_file(&mut entry, &target, rel, mtime)?);
+                let (file, listed) = extract_file(&mut entry, &target, rel, mtime)?;
+                found.push(listed);
+                if let Some(s) = syncer {
+                    s.push(file).map_err(BundleError::io(&target))?;
+                }
             }
             other => {
                 return Err(BundleError::UnsupportedEntry {
@@ -332,9 +368,10 @@ fn read_long_name<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<u8>, Bun
     Ok(name)
 }
 
-fn write_new(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+fn write_new(path: &Path, bytes: &[u8]) -> Result<File, BundleError> {
     let mut f = File::create_new(path).map_err(|e| duplicate_or_io(path, e))?;
-    f.write_all(bytes).map_err(BundleError::io(path))
+    f.write_all(bytes).map_err(BundleError::io(path))?;
+    Ok(f)
 }
 
 fn duplicate_or_io(path: &Path, e: io::Error) -> BundleError {
@@ -353,7 +390,7 @@ fn extract_file<R: Read>(
     target: &Path,
     rel: String,
     mtime: Option<u64>,
-) -> Result<ManifestEntry, BundleError> {
+) -> Result<(File, ManifestEntry), BundleError> {
     let mut file = File::create_new(target).map_err(|e| duplicate_or_io(target, e))?;
     let mut blake3 = blake3::Hasher::new();
     let mut sha256 = sha2::Sha256::new();
@@ -374,12 +411,13 @@ fn extract_file<R: Read>(
         // Keeping the original time is a courtesy; failing to is not fatal.
         let _ = file.set_modified(when);
     }
-    Ok(ManifestEntry {
+    let listed = ManifestEntry {
         path: rel,
         size,
         blake3: blake3.finalize().to_hex().to_string(),
         sha256: hex::encode(sha256.finalize()),
-    })
+    };
+    Ok((file, listed))
 }
 
 fn describe_difference(expected: &[ManifestEntry], found: &[ManifestEntry]) -> String {

@@ -1,8 +1,10 @@
-//! Moves chunking, hashing, parity and chunk writes onto a second thread,
-//! so encryption on the calling thread never waits for them.
+//! Moves chunk work onto a second thread: chunking, hashing, parity and
+//! writes when sealing ([`ChunkingPipe`]), fetching and verifying chunks
+//! when opening ([`ReadAhead`]), so the cipher on the calling thread never
+//! waits for them.
 
-use std::io::{self, Write};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::io::{self, Read, Write};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 use chapar_format::{ChunkSink, Chunked, Geometry, ParamError, StripeWriter};
@@ -101,6 +103,94 @@ impl<S: ChunkSink + Send + 'static> Write for ChunkingPipe<S> {
 impl<S: ChunkSink + Send + 'static> Drop for ChunkingPipe<S> {
     fn drop(&mut self) {
         self.tx = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// A `Read` whose source is read on a worker thread, a few blocks ahead,
+/// so that fetching and verifying chunks overlaps with decryption.
+pub(crate) struct ReadAhead<R: Read + Send + 'static> {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    offset: usize,
+    worker: Option<JoinHandle<R>>,
+}
+
+impl<R: Read + Send + 'static> ReadAhead<R> {
+    pub(crate) fn spawn(mut inner: R) -> io::Result<Self> {
+        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(DEPTH);
+        let worker = std::thread::Builder::new()
+            .name("chapar-read-ahead".into())
+            .spawn(move || loop {
+                let mut block = vec![0u8; BLOCK];
+                let mut filled = 0;
+                let result = loop {
+                    match inner.read(&mut block[filled..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            filled += n;
+                            if filled == BLOCK {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                block.truncate(filled);
+                let last = filled < BLOCK || result.is_err();
+                let stopped = match result {
+                    Err(e) => tx.send(Err(e)).is_err(),
+                    Ok(()) if filled > 0 => tx.send(Ok(block)).is_err(),
+                    Ok(()) => false,
+                };
+                if last || stopped {
+                    return inner;
+                }
+            })?;
+        Ok(Self {
+            rx,
+            current: Vec::new(),
+            offset: 0,
+            worker: Some(worker),
+        })
+    }
+
+    /// Stops reading and hands back the source (to ask it what it saw).
+    pub(crate) fn finish(mut self) -> Option<R> {
+        // Unblock a worker waiting to send, then wait for it.
+        let (_, dead) = sync_channel(1);
+        self.rx = dead;
+        self.worker.take().and_then(|w| w.join().ok())
+    }
+}
+
+impl<R: Read + Send + 'static> Read for ReadAhead<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.offset == self.current.len() {
+            match self.rx.recv() {
+                Ok(Ok(block)) => {
+                    self.current = block;
+                    self.offset = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The worker has sent everything: end of stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len() - self.offset);
+        out[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
+    }
+}
+
+impl<R: Read + Send + 'static> Drop for ReadAhead<R> {
+    fn drop(&mut self) {
+        let (_, dead) = sync_channel(1);
+        self.rx = dead;
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
         }

@@ -218,8 +218,8 @@ pub fn seal_to_folder(
     opts.validate()?;
     let staging = StagingDir::beside(out)?;
     let folder = BundleFolder::new(staging.path());
-    let (sealed, _) = seal_paths(inputs, opts, folder.sink())?;
-    folder.sync()?;
+    let (sealed, sink) = seal_paths(inputs, opts, folder.sink()?)?;
+    sink.finish()?;
     folder.write_descriptor(&sealed.descriptor_bytes)?;
     staging.commit(out)?;
     Ok(sealed)
