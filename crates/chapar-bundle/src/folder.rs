@@ -99,6 +99,24 @@ impl BundleFolder {
     }
 }
 
+/// Creates the bundle folder `out` (absent or empty) atomically: `fill`
+/// writes chunks into a hidden staging folder, then the descriptor is
+/// written and the folder renamed onto `out`. On any error nothing
+/// appears at `out`.
+pub fn write_bundle_folder<T>(
+    out: &Path,
+    fill: impl FnOnce(&mut FolderSink) -> Result<(Vec<u8>, T), BundleError>,
+) -> Result<T, BundleError> {
+    let staging = StagingDir::beside(out)?;
+    let folder = BundleFolder::new(staging.path());
+    let mut sink = folder.sink()?;
+    let (descriptor_bytes, result) = fill(&mut sink)?;
+    sink.finish()?;
+    folder.write_descriptor(&descriptor_bytes)?;
+    staging.commit(out)?;
+    Ok(result)
+}
+
 /// Writes chunks into a [`BundleFolder`], flushing them in the background.
 pub struct FolderSink {
     folder: BundleFolder,

@@ -5,7 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Scope, ScopedJoinHandle};
 
 use chapar_format::{ChunkSink, Chunked, Geometry, ParamError, StripeWriter};
 
@@ -15,23 +15,28 @@ const BLOCK: usize = 1024 * 1024;
 /// that encryption keeps going while the worker codes a stripe's parity.
 const DEPTH: usize = 8;
 
-/// A `Write` whose bytes are chunked by a worker thread.
-pub(crate) struct ChunkingPipe<S: ChunkSink + Send + 'static> {
+/// A `Write` whose bytes are chunked by a worker thread (scoped, so the
+/// sink may borrow).
+pub(crate) struct ChunkingPipe<'scope, S: ChunkSink + Send + 'scope> {
     buf: Vec<u8>,
     tx: Option<SyncSender<Vec<u8>>>,
     free: std::sync::mpsc::Receiver<Vec<u8>>,
-    worker: Option<JoinHandle<io::Result<(Chunked, S)>>>,
+    worker: Option<ScopedJoinHandle<'scope, io::Result<(Chunked, S)>>>,
 }
 
-impl<S: ChunkSink + Send + 'static> ChunkingPipe<S> {
-    pub(crate) fn new(geometry: Geometry, sink: S) -> Result<Self, ParamError> {
+impl<'scope, S: ChunkSink + Send + 'scope> ChunkingPipe<'scope, S> {
+    pub(crate) fn new<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        geometry: Geometry,
+        sink: S,
+    ) -> Result<Self, ParamError> {
         let mut writer = StripeWriter::new(geometry, sink)?;
         let (tx, rx) = sync_channel::<Vec<u8>>(DEPTH);
         // Emptied buffers come back for reuse so steady state allocates nothing.
         let (free_tx, free) = sync_channel::<Vec<u8>>(DEPTH + 2);
         let worker = std::thread::Builder::new()
             .name("chapar-chunker".into())
-            .spawn(move || {
+            .spawn_scoped(scope, move || {
                 for mut block in rx {
                     writer.write_all(&block)?;
                     block.clear();
@@ -64,7 +69,7 @@ impl<S: ChunkSink + Send + 'static> ChunkingPipe<S> {
 
     fn join_error(&mut self) -> io::Error {
         self.tx = None;
-        match self.worker.take().map(JoinHandle::join) {
+        match self.worker.take().map(ScopedJoinHandle::join) {
             Some(Ok(Err(e))) => e,
             Some(Err(_)) => io::Error::other("chunking thread panicked"),
             _ => io::Error::other("chunking thread stopped"),
@@ -77,7 +82,7 @@ impl<S: ChunkSink + Send + 'static> ChunkingPipe<S> {
             self.send()?;
         }
         self.tx = None;
-        match self.worker.take().map(JoinHandle::join) {
+        match self.worker.take().map(ScopedJoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(io::Error::other("chunking thread panicked")),
             None => Err(io::Error::other("chunking thread already stopped")),
@@ -85,7 +90,7 @@ impl<S: ChunkSink + Send + 'static> ChunkingPipe<S> {
     }
 }
 
-impl<S: ChunkSink + Send + 'static> Write for ChunkingPipe<S> {
+impl<'scope, S: ChunkSink + Send + 'scope> Write for ChunkingPipe<'scope, S> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = (BLOCK - self.buf.len()).min(data.len());
         self.buf.extend_from_slice(&data[..n]);
@@ -100,7 +105,7 @@ impl<S: ChunkSink + Send + 'static> Write for ChunkingPipe<S> {
     }
 }
 
-impl<S: ChunkSink + Send + 'static> Drop for ChunkingPipe<S> {
+impl<'scope, S: ChunkSink + Send + 'scope> Drop for ChunkingPipe<'scope, S> {
     fn drop(&mut self) {
         self.tx = None;
         if let Some(worker) = self.worker.take() {

@@ -12,7 +12,7 @@ use chapar_format::{
 use rand::seq::SliceRandom;
 
 use crate::error::BundleError;
-use crate::folder::{BundleFolder, StagingDir};
+use crate::folder::write_bundle_folder;
 use crate::manifest::MAX_MANIFEST_BYTES;
 use crate::pack;
 use crate::pipeline::ChunkingPipe;
@@ -109,7 +109,7 @@ pub fn seal_stream<S, F>(
     write_payload: F,
 ) -> Result<(Sealed, S), BundleError>
 where
-    S: ChunkSink + Send + 'static,
+    S: ChunkSink + Send,
     F: FnOnce(&mut dyn Write, &[[u8; 32]]) -> Result<(), BundleError>,
 {
     opts.validate()?;
@@ -121,7 +121,6 @@ where
     // Sorted, so the order says nothing about the order of the recipients.
     let mut ack_hashes: Vec<[u8; 32]> = secrets.iter().map(AckSecret::hash).collect();
     ack_hashes.sort_unstable();
-    let pipe = ChunkingPipe::new(opts.geometry, sink)?;
     let encryptor =
         age::Encryptor::with_recipients(opts.recipients.iter().map(|r| r as &dyn age::Recipient))
             .map_err(|e| ParamError(format!("age refused the recipients: {e}")))?;
@@ -129,10 +128,13 @@ where
         path: PathBuf::from("<chunks>"),
         source,
     };
-    let mut age_writer = encryptor.wrap_output(pipe).map_err(pipe_err)?;
-    write_payload(&mut age_writer, &ack_hashes)?;
-    let pipe = age_writer.finish().map_err(pipe_err)?;
-    let (chunked, mut sink) = pipe.finish().map_err(pipe_err)?;
+    let (chunked, mut sink) = std::thread::scope(|scope| {
+        let pipe = ChunkingPipe::new(scope, opts.geometry, sink)?;
+        let mut age_writer = encryptor.wrap_output(pipe).map_err(pipe_err)?;
+        write_payload(&mut age_writer, &ack_hashes)?;
+        let pipe = age_writer.finish().map_err(pipe_err)?;
+        pipe.finish().map_err(pipe_err)
+    })?;
     let (index_size, index_chunks) =
         write_index(opts.geometry, &chunked.ids, &mut sink).map_err(pipe_err)?;
 
@@ -189,7 +191,7 @@ pub fn seal_paths<S>(
     sink: S,
 ) -> Result<(Sealed, S), BundleError>
 where
-    S: ChunkSink + Send + 'static,
+    S: ChunkSink + Send,
 {
     opts.validate()?;
     let plan = pack::plan(inputs)?;
@@ -216,11 +218,8 @@ pub fn seal_to_folder(
     out: &Path,
 ) -> Result<Sealed, BundleError> {
     opts.validate()?;
-    let staging = StagingDir::beside(out)?;
-    let folder = BundleFolder::new(staging.path());
-    let (sealed, sink) = seal_paths(inputs, opts, folder.sink()?)?;
-    sink.finish()?;
-    folder.write_descriptor(&sealed.descriptor_bytes)?;
-    staging.commit(out)?;
-    Ok(sealed)
+    write_bundle_folder(out, |sink| {
+        let (sealed, _) = seal_paths(inputs, opts, sink)?;
+        Ok((sealed.descriptor_bytes.clone(), sealed))
+    })
 }

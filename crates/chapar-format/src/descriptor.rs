@@ -141,7 +141,7 @@ impl Descriptor {
                 h.len()
             )));
         }
-        if self.expires_at % EXPIRY_GRANULARITY_SECS != 0 {
+        if !self.expires_at.is_multiple_of(EXPIRY_GRANULARITY_SECS) {
             return Err(ParamError(
                 "expiry is not a whole multiple of one hour".into(),
             ));

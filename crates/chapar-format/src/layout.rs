@@ -53,7 +53,7 @@ impl Geometry {
                 self.chunk_size
             )));
         }
-        if self.chunk_size % 2 != 0 {
+        if !self.chunk_size.is_multiple_of(2) {
             return Err(ParamError(format!(
                 "chunk size {} is odd; Reed–Solomon needs an even size",
                 self.chunk_size

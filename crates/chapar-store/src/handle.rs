@@ -1,0 +1,95 @@
+//! Using the store from async code: every call runs on tokio's blocking
+//! pool, at most a bounded number at once, so the runtime's threads never
+//! wait on a disk.
+
+use std::sync::Arc;
+
+use chapar_format::{AckSecret, BundleId, ChunkId};
+use tokio::sync::Semaphore;
+
+use crate::error::StoreError;
+use crate::maintenance::ReceiptOutcome;
+use crate::record::{BundleRecord, Role};
+use crate::store::{PutReport, Store};
+
+/// Store calls allowed in flight at once; more wait their turn.
+const MAX_IN_FLIGHT: usize = 16;
+
+/// A cheap, cloneable async handle to a [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreHandle {
+    store: Arc<Store>,
+    permits: Arc<Semaphore>,
+}
+
+impl StoreHandle {
+    /// Wraps a store.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store: Arc::new(store),
+            permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }
+    }
+
+    /// The store itself, for synchronous code.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Database("store handle closed".into()))?;
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+    }
+
+    /// See [`Store::add_bundle`].
+    pub async fn add_bundle(
+        &self,
+        descriptor: Vec<u8>,
+        role: Role,
+    ) -> Result<(BundleId, bool), StoreError> {
+        self.run(move |s| s.add_bundle(&descriptor, role)).await
+    }
+
+    /// See [`Store::put_chunks`].
+    pub async fn put_chunks(
+        &self,
+        chunks: Vec<(ChunkId, Vec<u8>)>,
+    ) -> Result<PutReport, StoreError> {
+        self.run(move |s| s.put_chunks(chunks)).await
+    }
+
+    /// See [`Store::get_chunk`].
+    pub async fn get_chunk(&self, id: ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(move |s| s.get_chunk(&id)).await
+    }
+
+    /// See [`Store::missing_chunks`].
+    pub async fn missing_chunks(&self, id: BundleId) -> Result<Vec<ChunkId>, StoreError> {
+        self.run(move |s| s.missing_chunks(&id)).await
+    }
+
+    /// See [`Store::record`].
+    pub async fn record(&self, id: BundleId) -> Result<BundleRecord, StoreError> {
+        self.run(move |s| s.record(&id)).await
+    }
+
+    /// See [`Store::add_receipt`].
+    pub async fn add_receipt(
+        &self,
+        id: BundleId,
+        secret: AckSecret,
+    ) -> Result<ReceiptOutcome, StoreError> {
+        self.run(move |s| s.add_receipt(&id, &secret)).await
+    }
+}

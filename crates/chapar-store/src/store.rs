@@ -1,0 +1,689 @@
+//! The store: verified chunks on disk, bookkeeping in redb.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chapar_format::{read_index, BundleId, ChunkId, ChunkSource, Descriptor, MAX_CHUNK_SIZE};
+use redb::{Database, ReadableDatabase, ReadableMultimapTable, ReadableTable, WriteTransaction};
+
+use crate::chunks::{ChunkFiles, FsChunks, MemChunks};
+use crate::error::StoreError;
+use crate::quota::{plan_eviction, Candidate};
+use crate::record::{BundleRecord, Role};
+use crate::tables::*;
+
+/// Unix time now, in seconds.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A peer-book entry: the peer id's bytes and the mesh's record.
+pub type PeerEntry = (Vec<u8>, Vec<u8>);
+
+/// What a batch of chunks did to the store.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PutReport {
+    /// Chunks now durable and acknowledged.
+    pub stored: Vec<ChunkId>,
+    /// Chunks that were already here.
+    pub duplicates: usize,
+    /// Chunks whose bytes did not hash to their id (refused).
+    pub mismatched: Vec<ChunkId>,
+    /// Chunks no bundle here wants (refused).
+    pub unwanted: Vec<ChunkId>,
+    /// Bundles evicted to make room.
+    pub evicted: Vec<BundleId>,
+}
+
+/// One bundle as `chapar status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleStatus {
+    /// The bundle.
+    pub id: BundleId,
+    /// Bookkeeping.
+    pub record: BundleRecord,
+    /// Ciphertext bytes.
+    pub ciphertext_size: u64,
+}
+
+/// A chunk store in a data directory (or in memory).
+pub struct Store {
+    db: Database,
+    files: Box<dyn ChunkFiles>,
+    root: Option<PathBuf>,
+    // Held for the store's lifetime: one process per data directory.
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `root`, taking its lock.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(root).map_err(StoreError::io(root))?;
+        let lock_path = root.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(StoreError::io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked { path: root.into() })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(&lock_path)(e)),
+        }
+        let files = FsChunks::new(root).map_err(StoreError::io(root))?;
+        let stray = files.clear_staging().map_err(StoreError::io(root))?;
+        if stray > 0 {
+            tracing::info!(
+                stray,
+                "removed temporary chunk files left by an interrupted write"
+            );
+        }
+        let db_path = root.join("meta.redb");
+        let db = Database::create(&db_path)?;
+        let store = Self {
+            db,
+            files: Box::new(files),
+            root: Some(root.into()),
+            _lock: Some(lock),
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// A store held entirely in memory (tests, ephemeral nodes).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        let store = Self {
+            db,
+            files: Box::<MemChunks>::default(),
+            root: None,
+            _lock: None,
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// The data directory, for a store on disk.
+    pub fn root(&self) -> Option<&Path> {
+        self.root.as_deref()
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get(VERSION_KEY)?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert(VERSION_KEY, FORMAT_VERSION)?;
+                }
+                Some(v) if v == FORMAT_VERSION => {}
+                Some(v) => {
+                    return Err(StoreError::UnsupportedVersion {
+                        found: v,
+                        supported: FORMAT_VERSION,
+                    })
+                }
+            }
+            txn.open_table(DESCRIPTORS)?;
+            txn.open_table(BUNDLES)?;
+            txn.open_table(CHUNKS)?;
+            txn.open_multimap_table(BUNDLE_CHUNKS)?;
+            txn.open_multimap_table(CHUNK_BUNDLES)?;
+            txn.open_multimap_table(RECEIPTS)?;
+            txn.open_table(TOMBSTONES)?;
+            txn.open_table(PEERS)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub(crate) fn files(&self) -> &dyn ChunkFiles {
+        &*self.files
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The byte budget, if one is set.
+    pub fn quota(&self) -> Result<Option<u64>, StoreError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(META)?.get(QUOTA)?.map(|v| v.value()))
+    }
+
+    /// Sets (or with `None` removes) the byte budget. It is kept in the
+    /// data directory.
+    pub fn set_quota(&self, quota: Option<u64>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            match quota {
+                Some(q) => meta.insert(QUOTA, q)?,
+                None => meta.remove(QUOTA)?,
+            };
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Bytes of chunks stored.
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(META)?
+            .get(USED_BYTES)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Takes in a bundle's descriptor with a role. A known bundle keeps
+    /// the stronger of its roles. Returns the id and whether it was new.
+    pub fn add_bundle(
+        &self,
+        descriptor_bytes: &[u8],
+        role: Role,
+    ) -> Result<(BundleId, bool), StoreError> {
+        let descriptor = Descriptor::decode(descriptor_bytes)?;
+        let id = BundleId::of(descriptor_bytes);
+        if self.is_tombstoned(&id)? {
+            return Err(StoreError::Tombstoned { id });
+        }
+        if descriptor.expires_at <= now() {
+            return Err(StoreError::Expired { id });
+        }
+        let txn = self.db.begin_write()?;
+        let new = {
+            let mut bundles = txn.open_table(BUNDLES)?;
+            let existing = bundles.get(&id.0)?.map(|v| v.value().to_vec());
+            match existing {
+                Some(bytes) => {
+                    let mut rec = BundleRecord::decode(&bytes)?;
+                    if role > rec.role {
+                        rec.role = role;
+                        bundles.insert(&id.0, &rec.encode()[..])?;
+                    }
+                    false
+                }
+                None => {
+                    txn.open_table(DESCRIPTORS)?
+                        .insert(&id.0, descriptor_bytes)?;
+                    let mut rec = BundleRecord {
+                        role,
+                        added_at: now(),
+                        priority: descriptor.priority,
+                        expires_at: descriptor.expires_at,
+                        recipients: descriptor.ack_hashes.len() as u8,
+                        receipted: 0,
+                        index_known: false,
+                        known_chunks: 0,
+                        held_chunks: 0,
+                        held_bytes: 0,
+                    };
+                    want_chunks(&txn, &id, &descriptor.index_chunks, &mut rec)?;
+                    bundles.insert(&id.0, &rec.encode()[..])?;
+                    true
+                }
+            }
+        };
+        txn.commit()?;
+        if new {
+            self.learn_index(&id)?;
+        }
+        Ok((id, new))
+    }
+
+    /// The bundle's descriptor bytes.
+    pub fn descriptor(&self, id: &BundleId) -> Result<Vec<u8>, StoreError> {
+        let r = self.db.begin_read()?;
+        let bytes = r
+            .open_table(DESCRIPTORS)?
+            .get(&id.0)?
+            .map(|v| v.value().to_vec());
+        bytes.ok_or(StoreError::UnknownBundle { id: *id })
+    }
+
+    /// The bundle's bookkeeping.
+    pub fn record(&self, id: &BundleId) -> Result<BundleRecord, StoreError> {
+        let r = self.db.begin_read()?;
+        let bytes = r
+            .open_table(BUNDLES)?
+            .get(&id.0)?
+            .map(|v| v.value().to_vec());
+        BundleRecord::decode(&bytes.ok_or(StoreError::UnknownBundle { id: *id })?)
+    }
+
+    /// Every bundle held.
+    pub fn bundles(&self) -> Result<Vec<BundleStatus>, StoreError> {
+        let r = self.db.begin_read()?;
+        let bundles = r.open_table(BUNDLES)?;
+        let descriptors = r.open_table(DESCRIPTORS)?;
+        let mut out = Vec::new();
+        for entry in bundles.iter()? {
+            let (k, v) = entry?;
+            let id = BundleId(*k.value());
+            let record = BundleRecord::decode(v.value())?;
+            let ciphertext_size = match descriptors.get(&id.0)? {
+                Some(d) => Descriptor::decode(d.value())?.ciphertext_size,
+                None => 0,
+            };
+            out.push(BundleStatus {
+                id,
+                record,
+                ciphertext_size,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Tombstoned bundles and when their tombstones lapse.
+    pub fn tombstones(&self) -> Result<Vec<(BundleId, u64)>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(TOMBSTONES)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            out.push((BundleId(*k.value()), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Whether the bundle was delivered to every recipient.
+    pub fn is_tombstoned(&self, id: &BundleId) -> Result<bool, StoreError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(TOMBSTONES)?.get(&id.0)?.is_some())
+    }
+
+    /// Ids of the bundle's chunks known so far (index chunks, then the
+    /// payload's once the index is known).
+    pub fn known_chunks(&self, id: &BundleId) -> Result<Vec<ChunkId>, StoreError> {
+        let r = self.db.begin_read()?;
+        let m = r.open_multimap_table(BUNDLE_CHUNKS)?;
+        let mut out = Vec::new();
+        for v in m.get(&id.0)? {
+            out.push(ChunkId(*v?.value()));
+        }
+        Ok(out)
+    }
+
+    /// Known chunks of the bundle that are not stored here.
+    pub fn missing_chunks(&self, id: &BundleId) -> Result<Vec<ChunkId>, StoreError> {
+        let r = self.db.begin_read()?;
+        let m = r.open_multimap_table(BUNDLE_CHUNKS)?;
+        let chunks = r.open_table(CHUNKS)?;
+        let mut out = Vec::new();
+        for v in m.get(&id.0)? {
+            let c = *v?.value();
+            if chunks.get(&c)?.is_none() {
+                out.push(ChunkId(c));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a chunk is stored (acknowledged) here.
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(CHUNKS)?.get(&id.0)?.is_some())
+    }
+
+    /// Reads a stored chunk and verifies it. A chunk that fails
+    /// verification is quarantined, marked missing and never served.
+    pub fn get_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        let len = {
+            let r = self.db.begin_read()?;
+            let len = r.open_table(CHUNKS)?.get(&id.0)?.map(|v| v.value());
+            match len {
+                Some(len) => len as usize,
+                None => return Ok(None),
+            }
+        };
+        let bytes = self
+            .files
+            .read(id, len)
+            .map_err(StoreError::io(self.chunk_label(id)))?;
+        match bytes {
+            Some(b) if b.len() == len && id.matches(&b) => Ok(Some(b)),
+            _ => {
+                tracing::warn!(chunk = %id, "stored chunk failed verification; quarantined");
+                self.files
+                    .quarantine(id)
+                    .map_err(StoreError::io(self.chunk_label(id)))?;
+                self.forget_chunks(&[*id])?;
+                Err(StoreError::ChunkCorrupt { id: *id })
+            }
+        }
+    }
+
+    pub(crate) fn chunk_label(&self, id: &ChunkId) -> PathBuf {
+        match &self.root {
+            Some(r) => r.join("chunks").join(&id.to_hex()[..2]).join(id.to_hex()),
+            None => PathBuf::from(format!("<memory>/{id}")),
+        }
+    }
+
+    /// Verifies and stores a batch of chunks, reading them one at a time
+    /// from `batch` (only one chunk's bytes need be in memory). Each must
+    /// be wanted by a bundle here. The whole batch is made durable with one
+    /// flush before the database acknowledges it (group commit). Evicts
+    /// whole bundles, in the documented order, when the quota requires it;
+    /// refuses when nothing may be evicted.
+    pub fn put_chunks<I, B>(&self, batch: I) -> Result<PutReport, StoreError>
+    where
+        I: IntoIterator<Item = (ChunkId, B)>,
+        B: AsRef<[u8]>,
+    {
+        let mut report = PutReport::default();
+        let mut fresh: Vec<(ChunkId, u32)> = Vec::new();
+        let mut staged = Vec::new();
+        let mut owners: Vec<BundleId> = Vec::new();
+        let mut pending = 0u64;
+        let quota = self.quota()?;
+        for (id, bytes) in batch {
+            let bytes = bytes.as_ref();
+            if bytes.len() > MAX_CHUNK_SIZE as usize || !id.matches(bytes) {
+                report.mismatched.push(id);
+                continue;
+            }
+            if self.has_chunk(&id)? || fresh.iter().any(|(f, _)| *f == id) {
+                report.duplicates += 1;
+                continue;
+            }
+            let wanted_by = self.wanted_by(&id)?;
+            if wanted_by.is_empty() {
+                report.unwanted.push(id);
+                continue;
+            }
+            for b in wanted_by {
+                if !owners.contains(&b) {
+                    owners.push(b);
+                }
+            }
+            if let Some(quota) = quota {
+                if self.used_bytes()? + pending + bytes.len() as u64 > quota {
+                    let evicted = self.make_room(pending + bytes.len() as u64, &owners)?;
+                    report.evicted.extend(evicted);
+                }
+            }
+            staged.push(
+                self.files
+                    .stage(&id, bytes)
+                    .map_err(StoreError::io(self.chunk_label(&id)))?,
+            );
+            pending += bytes.len() as u64;
+            fresh.push((id, bytes.len() as u32));
+        }
+        if fresh.is_empty() {
+            return Ok(report);
+        }
+        let label = self.root.clone().unwrap_or_default();
+        self.files.publish(staged).map_err(StoreError::io(&label))?;
+
+        let txn = self.db.begin_write()?;
+        {
+            let mut chunks = txn.open_table(CHUNKS)?;
+            for (id, len) in &fresh {
+                chunks.insert(&id.0, *len)?;
+            }
+        }
+        for (id, len) in &fresh {
+            adjust_holders(&txn, id, 1, i64::from(*len))?;
+        }
+        add_used(&txn, pending as i64)?;
+        txn.commit()?;
+        report.stored = fresh.iter().map(|(id, _)| *id).collect();
+        for owner in owners {
+            self.learn_index(&owner)?;
+        }
+        Ok(report)
+    }
+
+    /// Bundles that want chunk `id`.
+    pub fn wanted_by(&self, id: &ChunkId) -> Result<Vec<BundleId>, StoreError> {
+        let r = self.db.begin_read()?;
+        let m = r.open_multimap_table(CHUNK_BUNDLES)?;
+        let mut out = Vec::new();
+        for b in m.get(&id.0)? {
+            out.push(BundleId(*b?.value()));
+        }
+        Ok(out)
+    }
+
+    /// Once a bundle's index chunks are here, reads the index and starts
+    /// wanting every payload chunk.
+    fn learn_index(&self, id: &BundleId) -> Result<(), StoreError> {
+        let mut rec = match self.record(id) {
+            Ok(r) => r,
+            Err(StoreError::UnknownBundle { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if rec.index_known {
+            return Ok(());
+        }
+        let descriptor = Descriptor::decode(&self.descriptor(id)?)?;
+        let ids = match read_index(&descriptor, &self) {
+            Ok((ids, _)) => ids,
+            // Not enough index chunks yet: try again when more arrive.
+            Err(chapar_format::RebuildError::TooManyMissing { .. }) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(bundle = %id, error = %e, "chunk index unreadable");
+                return Ok(());
+            }
+        };
+        let txn = self.db.begin_write()?;
+        rec.index_known = true;
+        want_chunks(&txn, id, &ids, &mut rec)?;
+        txn.open_table(BUNDLES)?.insert(&id.0, &rec.encode()[..])?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Frees `needed` bytes under the quota, evicting whole bundles in the
+    /// documented order but never one in `keep`. All or nothing.
+    fn make_room(&self, needed: u64, keep: &[BundleId]) -> Result<Vec<BundleId>, StoreError> {
+        let Some(quota) = self.quota()? else {
+            return Ok(Vec::new());
+        };
+        let used = self.used_bytes()?;
+        if used + needed <= quota {
+            return Ok(Vec::new());
+        }
+        let must_free = used + needed - quota;
+        let candidates: Vec<Candidate> = self
+            .bundles()?
+            .into_iter()
+            .map(|b| Candidate {
+                id: b.id,
+                role: b.record.role,
+                expires_at: b.record.expires_at,
+                partly_receipted: b.record.receipted != 0,
+                priority: b.record.priority,
+                added_at: b.record.added_at,
+                bytes: b.record.held_bytes,
+            })
+            .collect();
+        let Some(plan) = plan_eviction(&candidates, must_free, now(), keep) else {
+            return Err(StoreError::QuotaFull {
+                needed,
+                used,
+                quota,
+            });
+        };
+        for id in &plan {
+            tracing::info!(bundle = %id, "evicting bundle to stay within the quota");
+            self.remove_bundle(id, None)?;
+        }
+        // Shared chunks may free less than planned; check, never overrun.
+        if self.used_bytes()? + needed > quota {
+            return Err(StoreError::QuotaFull {
+                needed,
+                used: self.used_bytes()?,
+                quota,
+            });
+        }
+        Ok(plan)
+    }
+
+    /// Drops chunks from the books (after quarantine or loss), so they
+    /// count as missing and can be fetched again.
+    pub(crate) fn forget_chunks(&self, ids: &[ChunkId]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut freed = 0i64;
+        for id in ids {
+            let len = txn.open_table(CHUNKS)?.remove(&id.0)?.map(|v| v.value());
+            if let Some(len) = len {
+                adjust_holders(&txn, id, -1, -i64::from(len))?;
+                freed += i64::from(len);
+            }
+        }
+        add_used(&txn, -freed)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Removes a bundle and the chunks no other bundle wants; with
+    /// `tombstone`, remembers it (until that expiry) so it is not taken again.
+    pub fn remove_bundle(&self, id: &BundleId, tombstone: Option<u64>) -> Result<(), StoreError> {
+        let mut doomed = Vec::new();
+        let txn = self.db.begin_write()?;
+        {
+            let mut by_bundle = txn.open_multimap_table(BUNDLE_CHUNKS)?;
+            let mut by_chunk = txn.open_multimap_table(CHUNK_BUNDLES)?;
+            let mut chunks = txn.open_table(CHUNKS)?;
+            let ids: Vec<[u8; 32]> = by_bundle
+                .get(&id.0)?
+                .map(|v| v.map(|g| *g.value()))
+                .collect::<Result<_, _>>()?;
+            let mut freed = 0u64;
+            for c in ids {
+                by_chunk.remove(&c, &id.0)?;
+                if by_chunk.get(&c)?.next().is_none() {
+                    if let Some(len) = chunks.remove(&c)? {
+                        freed += u64::from(len.value());
+                        doomed.push(ChunkId(c));
+                    }
+                }
+            }
+            by_bundle.remove_all(&id.0)?;
+            drop((by_bundle, by_chunk, chunks));
+            add_used(&txn, -(freed as i64))?;
+        }
+        txn.open_table(BUNDLES)?.remove(&id.0)?;
+        txn.open_table(DESCRIPTORS)?.remove(&id.0)?;
+        txn.open_multimap_table(RECEIPTS)?.remove_all(&id.0)?;
+        if let Some(until) = tombstone {
+            txn.open_table(TOMBSTONES)?.insert(&id.0, until)?;
+        }
+        txn.commit()?;
+        // Deleted after the commit: a crash in between leaves orphan files
+        // for fsck, never a record without its bytes.
+        for c in doomed {
+            self.files
+                .remove(&c)
+                .map_err(StoreError::io(self.chunk_label(&c)))?;
+        }
+        Ok(())
+    }
+
+    /// The mesh's peer book: opaque records by peer id.
+    pub fn put_peer(&self, peer: &[u8], record: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(PEERS)?.insert(peer, record)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every peer record, as (peer id, record).
+    pub fn peers(&self) -> Result<Vec<PeerEntry>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(PEERS)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+/// Records that `bundle` wants `ids`, counting those already present.
+fn want_chunks(
+    txn: &WriteTransaction,
+    bundle: &BundleId,
+    ids: &[ChunkId],
+    rec: &mut BundleRecord,
+) -> Result<(), StoreError> {
+    let mut by_bundle = txn.open_multimap_table(BUNDLE_CHUNKS)?;
+    let mut by_chunk = txn.open_multimap_table(CHUNK_BUNDLES)?;
+    let chunks = txn.open_table(CHUNKS)?;
+    for id in ids {
+        if by_bundle.insert(&bundle.0, &id.0)? {
+            // Already wanted (an id listed twice): count once.
+            continue;
+        }
+        by_chunk.insert(&id.0, &bundle.0)?;
+        rec.known_chunks += 1;
+        if let Some(len) = chunks.get(&id.0)? {
+            rec.held_chunks += 1;
+            rec.held_bytes += u64::from(len.value());
+        }
+    }
+    Ok(())
+}
+
+/// Adds `count` chunks and `bytes` to every bundle that wants chunk `id`.
+fn adjust_holders(
+    txn: &WriteTransaction,
+    id: &ChunkId,
+    count: i32,
+    bytes: i64,
+) -> Result<(), StoreError> {
+    let owners: Vec<[u8; 32]> = txn
+        .open_multimap_table(CHUNK_BUNDLES)?
+        .get(&id.0)?
+        .map(|v| v.map(|g| *g.value()))
+        .collect::<Result<_, _>>()?;
+    let mut bundles = txn.open_table(BUNDLES)?;
+    for owner in owners {
+        let Some(bytes_rec) = bundles.get(&owner)?.map(|v| v.value().to_vec()) else {
+            continue;
+        };
+        let mut rec = BundleRecord::decode(&bytes_rec)?;
+        rec.held_chunks = rec.held_chunks.saturating_add_signed(count);
+        rec.held_bytes = rec.held_bytes.saturating_add_signed(bytes);
+        bundles.insert(&owner, &rec.encode()[..])?;
+    }
+    Ok(())
+}
+
+fn add_used(txn: &WriteTransaction, delta: i64) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    let used = meta.get(USED_BYTES)?.map_or(0, |v| v.value());
+    meta.insert(USED_BYTES, used.saturating_add_signed(delta))?;
+    Ok(())
+}
+
+impl ChunkSource for &Store {
+    fn get(&self, id: &ChunkId, _max_len: usize) -> std::io::Result<Option<Vec<u8>>> {
+        match self.get_chunk(id) {
+            Ok(bytes) => Ok(bytes),
+            // Quarantined and marked missing: parity can stand in for it.
+            Err(StoreError::ChunkCorrupt { .. }) => Ok(None),
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+
+    fn contains(&self, id: &ChunkId) -> std::io::Result<bool> {
+        self.has_chunk(id).map_err(std::io::Error::other)
+    }
+}
