@@ -36,6 +36,95 @@ pub enum Command {
     Reassemble(ReassembleArgs),
     /// Show a bundle's public descriptor, and its sealed header given a key.
     Inspect(InspectArgs),
+    /// Verify and take a bundle folder (whole or partial) into the store.
+    Import(ImportArgs),
+    /// Write what the store holds of a bundle as a bundle folder.
+    Export(ExportArgs),
+    /// List the bundles in the store: role, chunks, size, priority, expiry, receipts.
+    Status(StatusArgs),
+    /// Re-verify every stored chunk and the bookkeeping; --repair fixes what it finds.
+    Fsck(FsckArgs),
+}
+
+/// Environment variable naming the data directory.
+pub const DATA_DIR_ENV: &str = "CHAPAR_DATA_DIR";
+
+/// Where the node's store lives.
+#[derive(Debug, Args)]
+pub struct DataDirArg {
+    /// The data directory [default: the platform's data folder, e.g.
+    /// ~/.local/share/chapar].
+    #[arg(long, env = DATA_DIR_ENV, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A bundle's role in this store.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    /// Passing through; evictable under the quota.
+    Relaying,
+    /// Sealed on this node; never evicted.
+    Sealed,
+    /// Being received for this node's own keys; never evicted.
+    Receiving,
+}
+
+/// `chapar import`
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub data: DataDirArg,
+
+    /// The bundle's role here.
+    #[arg(long, value_enum, default_value = "relaying")]
+    pub role: RoleArg,
+
+    /// Set the store's byte budget (kept in the data directory), e.g. 50GiB.
+    #[arg(long, value_name = "SIZE")]
+    pub quota: Option<bytesize::ByteSize>,
+
+    /// Print one JSON line on stderr each time a group of chunks becomes
+    /// durable and acknowledged.
+    #[arg(long)]
+    pub progress: bool,
+
+    /// The bundle folder.
+    #[arg(value_name = "BUNDLE_DIR")]
+    pub bundle: PathBuf,
+}
+
+/// `chapar export`
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub data: DataDirArg,
+
+    /// The bundle id (64 hex digits).
+    #[arg(value_name = "BUNDLE_ID")]
+    pub bundle_id: String,
+
+    /// The bundle folder to create (must not exist, or be empty).
+    #[arg(short, long, value_name = "BUNDLE_DIR")]
+    pub output: PathBuf,
+}
+
+/// `chapar status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub data: DataDirArg,
+}
+
+/// `chapar fsck`
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    #[command(flatten)]
+    pub data: DataDirArg,
+
+    /// Fix what is found: quarantine corrupt chunks and mark them missing,
+    /// drop records of vanished chunks, adopt or remove orphans, recount.
+    #[arg(long)]
+    pub repair: bool,
 }
 
 /// `chapar keygen`

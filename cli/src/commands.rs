@@ -25,6 +25,10 @@ pub fn run(command: Command) -> Result<Report> {
         Command::Open(a) => open(a),
         Command::Reassemble(a) => reassemble(a),
         Command::Inspect(a) => inspect(a),
+        Command::Import(a) => crate::store_commands::import(a),
+        Command::Export(a) => crate::store_commands::export(a),
+        Command::Status(a) => crate::store_commands::status(a),
+        Command::Fsck(a) => crate::store_commands::fsck(a),
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod args;
 mod commands;
+mod store_commands;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -30,15 +31,24 @@ fn main() -> ExitCode {
                 eprint!("{}", report.stderr);
             }
             // A closed pipe (`chapar … | head`) is not a failure.
+            // A command whose finding is a failure (fsck finding damage)
+            // reports `"ok": false` and exits 1.
+            let failed = report.json.get("ok") == Some(&serde_json::Value::Bool(false));
             match printed {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => ExitCode::FAILURE,
+                _ if failed => ExitCode::FAILURE,
                 _ => ExitCode::SUCCESS,
             }
         }
         Err(err) => {
-            let kind = err
-                .downcast_ref::<chapar_bundle::BundleError>()
-                .map_or("error", chapar_bundle::BundleError::kind);
+            let kind = match (
+                err.downcast_ref::<chapar_bundle::BundleError>(),
+                err.downcast_ref::<chapar_store::StoreError>(),
+            ) {
+                (Some(e), _) => e.kind(),
+                (_, Some(e)) => e.kind(),
+                _ => "error",
+            };
             let message = describe(&err);
             eprintln!("chapar: error: {message}");
             if json {

@@ -237,9 +237,9 @@ impl Store {
             }
         };
         txn.commit()?;
-        if new {
-            self.learn_index(&id)?;
-        }
+        // Also for a known bundle: a crash may have come between storing
+        // its index chunks and reading them.
+        self.learn_index(&id)?;
         Ok((id, new))
     }
 

@@ -212,9 +212,7 @@ fn quota_evicts_lowest_priority_then_oldest_and_never_own_bundles() {
     let used = store.used_bytes().expect("used");
     // Taking `high` in must free one and a half bundles' worth: exactly
     // two bundles go.
-    store
-        .set_quota(Some(used - per_bundle / 2))
-        .expect("quota");
+    store.set_quota(Some(used - per_bundle / 2)).expect("quota");
     let report = import(&store, &high, Role::Relaying);
     assert!(report.complete, "{report:?}");
     let left: Vec<BundleId> = store
