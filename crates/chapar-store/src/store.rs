@@ -56,6 +56,7 @@ pub struct Store {
     root: Option<PathBuf>,
     // Held for the store's lifetime: one process per data directory.
     _lock: Option<File>,
+    clock: Box<dyn Fn() -> u64 + Send + Sync>,
 }
 
 impl std::fmt::Debug for Store {
@@ -97,6 +98,7 @@ impl Store {
             files: Box::new(files),
             root: Some(root.into()),
             _lock: Some(lock),
+            clock: Box::new(now),
         };
         store.init()?;
         Ok(store)
@@ -110,9 +112,21 @@ impl Store {
             files: Box::<MemChunks>::default(),
             root: None,
             _lock: None,
+            clock: Box::new(now),
         };
         store.init()?;
         Ok(store)
+    }
+
+    /// Replaces the clock (unix seconds) used for expiry and eviction
+    /// decisions, so tests and simulations can move time.
+    pub fn set_clock(&mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) {
+        self.clock = Box::new(clock);
+    }
+
+    /// The store's idea of now (unix seconds).
+    pub fn now(&self) -> u64 {
+        (self.clock)()
     }
 
     /// The data directory, for a store on disk.
@@ -199,7 +213,7 @@ impl Store {
         if self.is_tombstoned(&id)? {
             return Err(StoreError::Tombstoned { id });
         }
-        if descriptor.expires_at <= now() {
+        if descriptor.expires_at <= self.now() {
             return Err(StoreError::Expired { id });
         }
         let txn = self.db.begin_write()?;
@@ -220,7 +234,7 @@ impl Store {
                         .insert(&id.0, descriptor_bytes)?;
                     let mut rec = BundleRecord {
                         role,
-                        added_at: now(),
+                        added_at: self.now(),
                         priority: descriptor.priority,
                         expires_at: descriptor.expires_at,
                         recipients: descriptor.ack_hashes.len() as u8,
@@ -512,7 +526,7 @@ impl Store {
                 bytes: b.record.held_bytes,
             })
             .collect();
-        let Some(plan) = plan_eviction(&candidates, must_free, now(), keep) else {
+        let Some(plan) = plan_eviction(&candidates, must_free, self.now(), keep) else {
             return Err(StoreError::QuotaFull {
                 needed,
                 used,

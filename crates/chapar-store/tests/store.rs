@@ -29,6 +29,24 @@ fn bytes(len: usize, seed: u64) -> Vec<u8> {
 
 /// Seals one file of `size` bytes for `recipients` fresh keys.
 fn seal(dir: &Path, name: &str, size: usize, recipients: usize, priority: u8) -> Sealed {
+    seal_expiring(
+        dir,
+        name,
+        size,
+        recipients,
+        priority,
+        chapar_bundle::DEFAULT_EXPIRY,
+    )
+}
+
+fn seal_expiring(
+    dir: &Path,
+    name: &str,
+    size: usize,
+    recipients: usize,
+    priority: u8,
+    expires_in: std::time::Duration,
+) -> Sealed {
     let input = dir.join(format!("{name}-in"));
     fs::create_dir_all(&input).expect("mkdir");
     fs::write(
@@ -46,6 +64,7 @@ fn seal(dir: &Path, name: &str, size: usize, recipients: usize, priority: u8) ->
         parity_per_stripe: 2,
     };
     opts.priority = priority;
+    opts.expires_in = expires_in;
     let folder = dir.join(name);
     let sealed = seal_to_folder(std::slice::from_ref(&input), &opts, &folder).expect("seal");
     Sealed {
@@ -442,4 +461,79 @@ fn expired_bundles_are_collected_and_unwanted_chunks_refused() {
     assert_eq!(gc.expired, vec![s.id]);
     assert_eq!(store.used_bytes().expect("used"), 0);
     assert!(store.bundles().expect("bundles").is_empty());
+}
+
+/// Expired bundles go first whatever their priority, then bundles some of
+/// whose recipients have receipted, then by priority.
+#[test]
+fn quota_evicts_expired_then_partly_receipted_before_priority() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(&tmp.path().join("data")).expect("open");
+    let hour = std::time::Duration::from_secs(3600);
+    let expiring = seal_expiring(tmp.path(), "expiring", 6000, 1, 255, hour);
+    let receipted = seal(tmp.path(), "receipted", 6000, 2, 200);
+    let low = seal(tmp.path(), "low", 6000, 1, 1);
+    let incoming = seal(tmp.path(), "incoming", 6000, 1, 100);
+    for s in [&expiring, &receipted, &low] {
+        import(&store, s, Role::Relaying);
+    }
+    let secret = ack_secret_of(&receipted, 0, tmp.path());
+    store.add_receipt(&receipted.id, &secret).expect("receipt");
+    let per_bundle = store.record(&low.id).expect("record").held_bytes;
+    // Two hours on: `expiring` has expired but has the highest priority.
+    let later = chapar_store::now() + 2 * 3600;
+    store.set_clock(move || later);
+    store
+        .set_quota(Some(store.used_bytes().expect("used") + per_bundle / 2))
+        .expect("quota");
+    import(&store, &incoming, Role::Relaying);
+    let left: Vec<BundleId> = store
+        .bundles()
+        .expect("bundles")
+        .iter()
+        .map(|b| b.id)
+        .collect();
+    assert!(!left.contains(&expiring.id), "expired bundle kept");
+    assert!(
+        left.contains(&receipted.id) && left.contains(&low.id),
+        "{left:?}"
+    );
+
+    // Next squeeze, freeing one bundle's worth: the partly receipted
+    // bundle goes before the low-priority one.
+    let one_more = seal(tmp.path(), "one-more", 100, 1, 100);
+    let one_more_bytes: u64 = walk_files(&one_more.folder.join("chunks"))
+        .iter()
+        .map(|p| fs::metadata(p).expect("meta").len())
+        .sum();
+    store
+        .set_quota(Some(
+            store.used_bytes().expect("used") + one_more_bytes - per_bundle / 2,
+        ))
+        .expect("quota");
+    import(&store, &one_more, Role::Relaying);
+    let left: Vec<BundleId> = store
+        .bundles()
+        .expect("bundles")
+        .iter()
+        .map(|b| b.id)
+        .collect();
+    assert!(
+        !left.contains(&receipted.id),
+        "partly receipted bundle kept: {left:?}"
+    );
+    assert!(left.contains(&low.id));
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).expect("read_dir") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
