@@ -50,4 +50,10 @@ else
   echo "(install age and b3sum to see the stock-tools step: apt-get install age b3sum)"
 fi
 
+step "a relay takes the bundle in from the USB stick (sneakernet) and holds only ciphertext"
+"$chapar" import --data-dir relay-store bundle
+"$chapar" status --data-dir relay-store
+"$chapar" export --data-dir relay-store "$bundle_id" -o second-stick
+"$chapar" fsck --data-dir relay-store
+
 printf '\nDemo finished; everything is in %s\n' "$work"

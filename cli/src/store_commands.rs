@@ -61,11 +61,17 @@ pub fn import(a: ImportArgs) -> Result<Report> {
     if !r.index_known {
         stderr.push_str("the chunk index could not be read from this folder: its other chunks are unknown until more arrive\n");
     }
+    if r.rebuilt > 0 {
+        stderr.push_str(&format!(
+            "{} chunk(s) absent or corrupt in the folder were rebuilt from parity\n",
+            r.rebuilt
+        ));
+    }
     if !r.missing.is_empty() || !r.corrupt.is_empty() {
         stderr.push_str(&format!(
-            "{} chunk(s) missing from the folder, {} corrupt (not taken)\n",
-            r.missing.len(),
-            r.corrupt.len()
+            "{} chunk(s) corrupt in the folder (not taken); {} still missing\n",
+            r.corrupt.len(),
+            r.missing.len()
         ));
     }
     stderr.push_str(if r.complete {
@@ -84,6 +90,7 @@ pub fn import(a: ImportArgs) -> Result<Report> {
             "already": r.already,
             "missing": missing,
             "corrupt": corrupt,
+            "rebuilt": r.rebuilt,
             "index_known": r.index_known,
             "complete": r.complete,
         }),

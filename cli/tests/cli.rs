@@ -289,12 +289,15 @@ fn a_single_corrupt_chunk_is_rebuilt_from_parity() {
     let env = Env::new();
     let r = env.keygen("key.txt");
     let bundle = env.seal(&r, &[]);
-    // The largest chunk files are payload chunks; corrupt one of them.
-    let mut files = chunk_files(&bundle);
-    files.sort_by_key(|f| std::cmp::Reverse(fs::metadata(f).expect("meta").len()));
-    let mut b = fs::read(&files[0]).expect("read");
+    // A payload data chunk (a parity chunk would never be read, so it
+    // could not show the repair): the first one in the index.
+    let folder = chapar_bundle::BundleFolder::new(&bundle);
+    let (d, _) = folder.read_descriptor().expect("descriptor");
+    let (ids, _) = chapar_format::read_index(&d, &folder).expect("index");
+    let victim = folder.chunk_path(&ids[0]);
+    let mut b = fs::read(&victim).expect("read");
     b[10] ^= 1;
-    fs::write(&files[0], b).expect("write");
+    fs::write(&victim, b).expect("write");
     let opened = env.json(&["open", "-i", "key.txt", "-o", "out", "bundle"]);
     assert_eq!(opened["repaired_chunks"], 1);
 }

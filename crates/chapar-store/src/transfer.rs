@@ -24,10 +24,14 @@ pub struct ImportReport {
     pub stored: usize,
     /// Chunks the store already had.
     pub already: usize,
-    /// Chunks the folder should have had but did not.
+    /// Chunks still missing after the import: absent from the folder (or
+    /// corrupt there) and not rebuildable from parity.
     pub missing: Vec<ChunkId>,
     /// Chunks in the folder whose bytes do not match their id (not taken).
     pub corrupt: Vec<ChunkId>,
+    /// Chunks the folder lacked (or held corrupt) that were rebuilt from
+    /// parity instead.
+    pub rebuilt: usize,
     /// Whether the chunk index could be read (so every chunk id is known).
     pub index_known: bool,
     /// Whether the store now holds every chunk of the bundle.
@@ -82,6 +86,13 @@ pub fn import_folder(
             report.index_known = true;
         } else {
             break;
+        }
+    }
+    if !store.record(&id)?.complete() {
+        let repair = store.repair_from_parity(&id)?;
+        report.rebuilt = repair.rebuilt;
+        if repair.rebuilt > 0 {
+            tracing::info!(bundle = %id, rebuilt = repair.rebuilt, "rebuilt missing chunks from parity");
         }
     }
     let record = store.record(&id)?;

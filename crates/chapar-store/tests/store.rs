@@ -537,3 +537,32 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_folder_missing_up_to_parity_per_stripe_is_completed_from_parity() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&tmp.path().join("data")).expect("open");
+    let s = seal(tmp.path(), "b", 30_000, 1, 100);
+    let folder = BundleFolder::new(&s.folder);
+    let (d, _) = folder.read_descriptor().expect("descriptor");
+    let (ids, _) = chapar_format::read_index(&d, &folder).expect("index");
+    let layout = d.payload_layout().expect("layout");
+    // Two chunks (= parity) of every payload stripe: one data, one parity.
+    let mut removed = 0;
+    for stripe in 0..layout.stripes() {
+        for slot in [
+            chapar_format::Slot::Data(layout.stripe_data(stripe).start),
+            chapar_format::Slot::Parity { stripe, index: 1 },
+        ] {
+            fs::remove_file(folder.chunk_path(&ids[layout.position(slot)])).expect("rm");
+            removed += 1;
+        }
+    }
+    let report = import(&store, &s, Role::Relaying);
+    assert_eq!(report.rebuilt, removed, "{report:?}");
+    assert!(report.complete && report.missing.is_empty());
+    assert!(!store.fsck(false).expect("fsck").damaged());
+    let out = tmp.path().join("export");
+    export_folder(&store, &s.id, &out).expect("export");
+    open_folder(&out, &s.keys, &tmp.path().join("opened")).expect("opens");
+}

@@ -1,0 +1,128 @@
+//! Rebuilding a bundle's missing chunks from the parity the store holds,
+//! so a store that received most of a bundle (a damaged USB stick, a
+//! relay that vanished mid-transfer) can complete it without a new copy.
+
+use chapar_format::{
+    read_index, rebuild_stripe, BundleId, ChunkId, Descriptor, Layout, Slot, StripeEncoder,
+};
+
+use crate::error::StoreError;
+use crate::store::Store;
+
+/// What a parity repair achieved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ParityRepair {
+    /// Chunks rebuilt and stored.
+    pub rebuilt: usize,
+    /// Stripes that lost more chunks than their parity covers.
+    pub unrecoverable_stripes: usize,
+}
+
+impl Store {
+    /// Rebuilds every missing chunk of the bundle that its stripe's parity
+    /// allows (index and payload, data and parity chunks alike), verifies
+    /// each against its id, and stores it.
+    pub fn repair_from_parity(&self, id: &BundleId) -> Result<ParityRepair, StoreError> {
+        let mut report = ParityRepair::default();
+        if !self.record(id)?.index_known {
+            return Ok(report);
+        }
+        let descriptor = Descriptor::decode(&self.descriptor(id)?)?;
+        let bad = |e: chapar_format::ParamError| StoreError::Database(e.to_string());
+        let index_layout = descriptor.index_layout().map_err(bad)?;
+        self.repair_stream(&index_layout, &descriptor.index_chunks, &mut report)?;
+        let payload_ids = match read_index(&descriptor, &self) {
+            Ok((ids, _)) => ids,
+            Err(_) => return Ok(report),
+        };
+        let payload_layout = descriptor.payload_layout().map_err(bad)?;
+        self.repair_stream(&payload_layout, &payload_ids, &mut report)?;
+        Ok(report)
+    }
+
+    fn repair_stream(
+        &self,
+        layout: &Layout,
+        ids: &[ChunkId],
+        report: &mut ParityRepair,
+    ) -> Result<(), StoreError> {
+        for stripe in 0..layout.stripes() {
+            let data_range = layout.stripe_data(stripe);
+            let parity_slots: Vec<Slot> = (0..layout.parity_per_stripe())
+                .map(|index| Slot::Parity { stripe, index })
+                .collect();
+            let slots: Vec<Slot> = data_range
+                .clone()
+                .map(Slot::Data)
+                .chain(parity_slots)
+                .collect();
+            let mut present: Vec<Option<Vec<u8>>> = Vec::with_capacity(slots.len());
+            for slot in &slots {
+                let id = ids[layout.position(*slot)];
+                present.push(match self.get_chunk(&id) {
+                    Ok(bytes) => bytes,
+                    Err(StoreError::ChunkCorrupt { .. }) => None,
+                    Err(e) => return Err(e),
+                });
+            }
+            let lost = present.iter().filter(|p| p.is_none()).count();
+            if lost == 0 {
+                continue;
+            }
+            if lost > layout.parity_per_stripe() {
+                report.unrecoverable_stripes += 1;
+                continue;
+            }
+            let n = data_range.len();
+            let (data, parity) = present.split_at(n);
+            let lens: Vec<usize> = data_range.clone().map(|i| layout.data_len(i)).collect();
+            let shard_len = layout.shard_len(stripe);
+            let mut full: Vec<Vec<u8>> =
+                data.iter().map(|d| d.clone().unwrap_or_default()).collect();
+            if data.iter().any(Option::is_none) {
+                let restored =
+                    rebuild_stripe(layout.data_per_stripe(), shard_len, data, &lens, parity)
+                        .map_err(|e| StoreError::Database(e.to_string()))?;
+                for (pos, bytes) in restored {
+                    full[pos] = bytes;
+                }
+            }
+            let mut rebuilt: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+            for (pos, d) in data.iter().enumerate() {
+                if d.is_none() {
+                    rebuilt.push((ids[layout.position(slots[pos])], full[pos].clone()));
+                }
+            }
+            if parity.iter().any(Option::is_none) {
+                let mut encoder =
+                    StripeEncoder::new(layout.data_per_stripe(), layout.parity_per_stripe());
+                encoder
+                    .begin(shard_len)
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                for chunk in &full {
+                    encoder
+                        .add(chunk)
+                        .map_err(|e| StoreError::Database(e.to_string()))?;
+                }
+                let mut index = 0;
+                encoder
+                    .finish(|shard| {
+                        if parity[index].is_none() {
+                            rebuilt.push((ids[layout.position(slots[n + index])], shard.to_vec()));
+                        }
+                        index += 1;
+                    })
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
+            }
+            // put_chunks verifies every rebuilt chunk against its id.
+            let put = self.put_chunks(rebuilt)?;
+            if !put.mismatched.is_empty() {
+                return Err(StoreError::ChunkMismatch {
+                    id: put.mismatched[0],
+                });
+            }
+            report.rebuilt += put.stored.len();
+        }
+        Ok(())
+    }
+}
