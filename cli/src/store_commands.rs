@@ -233,10 +233,10 @@ pub fn fsck(a: FsckArgs) -> Result<Report> {
         r.corrupt.len(),
         r.missing.len(),
         r.orphans.len(),
-        if r.miscounted.is_empty() && !r.used_bytes_wrong {
-            String::new()
-        } else {
-            format!(", {} miscounted bundle(s)", r.miscounted.len())
+        match (r.miscounted.len(), r.used_bytes_wrong) {
+            (0, false) => String::new(),
+            (0, true) => ", the used-bytes total is wrong".into(),
+            (n, _) => format!(", {n} bundle(s) with wrong counters"),
         },
         match (r.damaged(), r.repaired) {
             (false, _) => String::new(),

@@ -112,7 +112,9 @@ fn import_killed_at_random_instants_never_loses_or_corrupts_acknowledged_chunks(
         }
         acked.extend(acknowledged(&stderr));
 
-        let store = Store::open(&data).expect("store opens after a kill");
+        let store = Store::open(&data).unwrap_or_else(|e| {
+            panic!("kill {kill} after {delay:?}: the store does not open: {e:?}")
+        });
         let report = store.fsck(false).expect("fsck");
         assert!(
             !report.damaged(),

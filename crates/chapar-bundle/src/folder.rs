@@ -149,16 +149,23 @@ impl ChunkSink for FolderSink {
     }
 }
 
+/// Reads a chunk file, at most `max_len + 1` bytes (so an overlong file
+/// shows as corrupt without being read whole); `None` if it is absent.
+pub fn read_chunk_file(path: &Path, max_len: usize) -> io::Result<Option<Vec<u8>>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let size = file.metadata().map_or(0, |m| m.len());
+    let mut bytes = Vec::with_capacity(size.min(max_len as u64 + 1) as usize);
+    file.take(max_len as u64 + 1).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
 impl ChunkSource for BundleFolder {
     fn get(&self, id: &ChunkId, max_len: usize) -> io::Result<Option<Vec<u8>>> {
-        let file = match File::open(self.chunk_path(id)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let mut bytes = Vec::with_capacity(max_len);
-        file.take(max_len as u64 + 1).read_to_end(&mut bytes)?;
-        Ok(Some(bytes))
+        read_chunk_file(&self.chunk_path(id), max_len)
     }
 
     fn contains(&self, id: &ChunkId) -> io::Result<bool> {

@@ -24,7 +24,9 @@ mod pipeline;
 mod seal;
 
 pub use error::BundleError;
-pub use folder::{write_bundle_folder, BundleFolder, FolderSink, CHUNKS_DIR, DESCRIPTOR_FILE};
+pub use folder::{
+    read_chunk_file, write_bundle_folder, BundleFolder, FolderSink, CHUNKS_DIR, DESCRIPTOR_FILE,
+};
 pub use open::{
     ciphertext_reader, find_header, open_folder, open_from_source, reassemble_to_file,
     unpack_archive, Opened, Reassembled,

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -30,6 +30,8 @@ pub(crate) trait ChunkFiles: Send + Sync {
     fn stage(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<Staged>;
     /// Makes staged chunks durable and visible, all or (after a crash) some.
     fn publish(&self, staged: Vec<Staged>) -> io::Result<()>;
+    /// Throws staged chunks away (the batch failed).
+    fn discard(&self, staged: Vec<Staged>);
     /// Reads up to `max_len + 1` bytes of a chunk (unverified), `None` if absent.
     fn read(&self, id: &ChunkId, max_len: usize) -> io::Result<Option<Vec<u8>>>;
     /// Deletes a chunk (absent is fine).
@@ -47,20 +49,30 @@ pub(crate) struct FsChunks {
     chunks: PathBuf,
     tmp: PathBuf,
     quarantine: PathBuf,
+    // Opened once, before any write: `syncfs` reports write-back errors
+    // that happened since its descriptor was opened, so a descriptor opened
+    // late could miss an early failure.
+    fs_handle: File,
 }
 
 impl FsChunks {
     pub(crate) fn new(root: &Path) -> io::Result<Self> {
-        let this = Self {
-            chunks: root.join("chunks"),
-            tmp: root.join("tmp"),
-            quarantine: root.join("quarantine"),
-        };
-        for dir in [&this.chunks, &this.tmp, &this.quarantine] {
+        let (chunks, tmp, quarantine) = (
+            root.join("chunks"),
+            root.join("tmp"),
+            root.join("quarantine"),
+        );
+        for dir in [&chunks, &tmp, &quarantine] {
             fs::create_dir_all(dir)?;
         }
-        File::open(root)?.sync_all()?;
-        Ok(this)
+        let fs_handle = File::open(root)?;
+        fs_handle.sync_all()?;
+        Ok(Self {
+            chunks,
+            tmp,
+            quarantine,
+            fs_handle,
+        })
     }
 
     fn path(&self, id: &ChunkId) -> PathBuf {
@@ -86,7 +98,7 @@ impl ChunkFiles for FsChunks {
         }
         // 1. Every temporary file's bytes on stable storage (one journal
         //    commit for the whole batch instead of one fsync per file).
-        rustix::fs::syncfs(File::open(&self.tmp)?)?;
+        rustix::fs::syncfs(&self.fs_handle)?;
         // 2. Rename into place, creating shard folders as needed.
         for s in staged {
             if let Staged::File { tmp, id } = s {
@@ -100,19 +112,20 @@ impl ChunkFiles for FsChunks {
             }
         }
         // 3. The renames themselves on stable storage.
-        rustix::fs::syncfs(File::open(&self.chunks)?)?;
+        rustix::fs::syncfs(&self.fs_handle)?;
         Ok(())
     }
 
+    fn discard(&self, staged: Vec<Staged>) {
+        for s in staged {
+            if let Staged::File { tmp, .. } = s {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+    }
+
     fn read(&self, id: &ChunkId, max_len: usize) -> io::Result<Option<Vec<u8>>> {
-        let file = match File::open(self.path(id)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let mut bytes = Vec::with_capacity(max_len);
-        file.take(max_len as u64 + 1).read_to_end(&mut bytes)?;
-        Ok(Some(bytes))
+        chapar_bundle::read_chunk_file(&self.path(id), max_len)
     }
 
     fn remove(&self, id: &ChunkId) -> io::Result<()> {
@@ -192,6 +205,8 @@ impl ChunkFiles for MemChunks {
         }
         Ok(())
     }
+
+    fn discard(&self, _staged: Vec<Staged>) {}
 
     fn read(&self, id: &ChunkId, _max_len: usize) -> io::Result<Option<Vec<u8>>> {
         Ok(self.map().get(id).cloned())

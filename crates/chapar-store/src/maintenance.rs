@@ -82,23 +82,35 @@ impl Store {
             .ack_hashes
             .binary_search(&secret.hash())
             .map_err(|_| StoreError::WrongPreimage { id: *id })?;
-        let mut rec = self.record(id)?;
-        let bit = 1u8 << position;
-        if rec.receipted & bit != 0 {
-            return Ok(ReceiptOutcome::Duplicate);
-        }
-        rec.receipted |= bit;
-        let delivered = rec.receipt_count() == u32::from(rec.recipients);
+        let _writing = self.write_guard();
         let txn = self.db().begin_write()?;
+        let (outcome, delivered) = {
+            let mut bundles = txn.open_table(BUNDLES)?;
+            let raw = bundles.get(&id.0)?.map(|v| v.value().to_vec());
+            let mut rec = BundleRecord::decode(&raw.ok_or(StoreError::UnknownBundle { id: *id })?)?;
+            let bit = 1u8 << position;
+            let duplicate = rec.receipted & bit != 0;
+            rec.receipted |= bit;
+            let delivered = rec.receipt_count() == u32::from(rec.recipients);
+            if !duplicate {
+                bundles.insert(&id.0, &rec.encode()[..])?;
+            }
+            let outcome = match duplicate {
+                true => ReceiptOutcome::Duplicate,
+                false => ReceiptOutcome::Recorded { delivered },
+            };
+            (outcome, delivered)
+        };
         txn.open_multimap_table(RECEIPTS)?
             .insert(&id.0, secret.expose())?;
-        txn.open_table(BUNDLES)?.insert(&id.0, &rec.encode()[..])?;
         txn.commit()?;
+        // Also on a duplicate: a crash may have come between the last
+        // receipt and the removal it triggers.
         if delivered {
             tracing::info!(bundle = %id, "delivered to every recipient; freeing its chunks");
-            self.remove_bundle(id, Some(descriptor.expires_at))?;
+            self.remove_bundle_locked(id, Some(descriptor.expires_at))?;
         }
-        Ok(ReceiptOutcome::Recorded { delivered })
+        Ok(outcome)
     }
 
     /// Receipts (revealed ack secrets) recorded for a bundle.

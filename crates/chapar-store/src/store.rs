@@ -57,6 +57,9 @@ pub struct Store {
     // Held for the store's lifetime: one process per data directory.
     _lock: Option<File>,
     clock: Box<dyn Fn() -> u64 + Send + Sync>,
+    // Serialises everything that writes chunk files or drops chunk records,
+    // so a removal can never delete a file a concurrent put just placed.
+    writes: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -92,15 +95,25 @@ impl Store {
             );
         }
         let db_path = root.join("meta.redb");
-        let db = Database::create(&db_path)?;
+        create_database_atomically(root, &db_path)?;
+        let db = Database::open(&db_path)?;
         let store = Self {
             db,
             files: Box::new(files),
             root: Some(root.into()),
             _lock: Some(lock),
             clock: Box::new(now),
+            writes: std::sync::Mutex::new(()),
         };
         store.init()?;
+        // A crash may have come between storing a bundle's index chunks and
+        // reading them; read them now rather than wait for the bundle to be
+        // offered again.
+        for b in store.bundles()? {
+            if !b.record.index_known {
+                store.learn_index(&b.id)?;
+            }
+        }
         Ok(store)
     }
 
@@ -113,6 +126,7 @@ impl Store {
             root: None,
             _lock: None,
             clock: Box::new(now),
+            writes: std::sync::Mutex::new(()),
         };
         store.init()?;
         Ok(store)
@@ -162,6 +176,13 @@ impl Store {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Holds the write lock. A panic while holding it leaves nothing
+    /// half-done that the database would not roll back, so a poisoned lock
+    /// is still usable.
+    pub(crate) fn write_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn files(&self) -> &dyn ChunkFiles {
@@ -397,12 +418,75 @@ impl Store {
         I: IntoIterator<Item = (ChunkId, B)>,
         B: AsRef<[u8]>,
     {
+        let _writing = self.write_guard();
         let mut report = PutReport::default();
         let mut fresh: Vec<(ChunkId, u32)> = Vec::new();
         let mut staged = Vec::new();
         let mut owners: Vec<BundleId> = Vec::new();
         let mut pending = 0u64;
         let quota = self.quota()?;
+        let staging = self.stage_batch(
+            batch,
+            &mut report,
+            &mut fresh,
+            &mut staged,
+            &mut owners,
+            &mut pending,
+            quota,
+        );
+        if let Err(e) = staging {
+            self.files.discard(staged);
+            return Err(e);
+        }
+        if fresh.is_empty() {
+            return Ok(report);
+        }
+        let label = self.root.clone().unwrap_or_default();
+        self.files.publish(staged).map_err(StoreError::io(&label))?;
+
+        let txn = self.db.begin_write()?;
+        let mut added = 0u64;
+        {
+            let mut chunks = txn.open_table(CHUNKS)?;
+            let mut new = Vec::with_capacity(fresh.len());
+            for (id, len) in &fresh {
+                // Counted once, even if another writer recorded it meanwhile.
+                if chunks.insert(&id.0, *len)?.is_none() {
+                    new.push((*id, *len));
+                }
+            }
+            drop(chunks);
+            for (id, len) in &new {
+                adjust_holders(&txn, id, 1, i64::from(*len))?;
+                added += u64::from(*len);
+            }
+        }
+        add_used(&txn, added as i64)?;
+        txn.commit()?;
+        report.stored = fresh.iter().map(|(id, _)| *id).collect();
+        for owner in owners {
+            self.learn_index(&owner)?;
+        }
+        Ok(report)
+    }
+
+    /// Verifies, checks and stages each chunk of a batch (the first half
+    /// of [`Store::put_chunks`]).
+    #[allow(clippy::too_many_arguments)]
+    fn stage_batch<I, B>(
+        &self,
+        batch: I,
+        report: &mut PutReport,
+        fresh: &mut Vec<(ChunkId, u32)>,
+        staged: &mut Vec<crate::chunks::Staged>,
+        owners: &mut Vec<BundleId>,
+        pending: &mut u64,
+        quota: Option<u64>,
+    ) -> Result<(), StoreError>
+    where
+        I: IntoIterator<Item = (ChunkId, B)>,
+        B: AsRef<[u8]>,
+    {
         for (id, bytes) in batch {
             let bytes = bytes.as_ref();
             if bytes.len() > MAX_CHUNK_SIZE as usize || !id.matches(bytes) {
@@ -424,8 +508,8 @@ impl Store {
                 }
             }
             if let Some(quota) = quota {
-                if self.used_bytes()? + pending + bytes.len() as u64 > quota {
-                    let evicted = self.make_room(pending + bytes.len() as u64, &owners)?;
+                if self.used_bytes()? + *pending + bytes.len() as u64 > quota {
+                    let evicted = self.make_room(*pending + bytes.len() as u64, owners)?;
                     report.evicted.extend(evicted);
                 }
             }
@@ -434,32 +518,10 @@ impl Store {
                     .stage(&id, bytes)
                     .map_err(StoreError::io(self.chunk_label(&id)))?,
             );
-            pending += bytes.len() as u64;
+            *pending += bytes.len() as u64;
             fresh.push((id, bytes.len() as u32));
         }
-        if fresh.is_empty() {
-            return Ok(report);
-        }
-        let label = self.root.clone().unwrap_or_default();
-        self.files.publish(staged).map_err(StoreError::io(&label))?;
-
-        let txn = self.db.begin_write()?;
-        {
-            let mut chunks = txn.open_table(CHUNKS)?;
-            for (id, len) in &fresh {
-                chunks.insert(&id.0, *len)?;
-            }
-        }
-        for (id, len) in &fresh {
-            adjust_holders(&txn, id, 1, i64::from(*len))?;
-        }
-        add_used(&txn, pending as i64)?;
-        txn.commit()?;
-        report.stored = fresh.iter().map(|(id, _)| *id).collect();
-        for owner in owners {
-            self.learn_index(&owner)?;
-        }
-        Ok(report)
+        Ok(())
     }
 
     /// Bundles that want chunk `id`.
@@ -535,7 +597,7 @@ impl Store {
         };
         for id in &plan {
             tracing::info!(bundle = %id, "evicting bundle to stay within the quota");
-            self.remove_bundle(id, None)?;
+            self.remove_bundle_locked(id, None)?;
         }
         // Shared chunks may free less than planned; check, never overrun.
         if self.used_bytes()? + needed > quota {
@@ -551,6 +613,7 @@ impl Store {
     /// Drops chunks from the books (after quarantine or loss), so they
     /// count as missing and can be fetched again.
     pub(crate) fn forget_chunks(&self, ids: &[ChunkId]) -> Result<(), StoreError> {
+        let _writing = self.write_guard();
         let txn = self.db.begin_write()?;
         let mut freed = 0i64;
         for id in ids {
@@ -568,6 +631,16 @@ impl Store {
     /// Removes a bundle and the chunks no other bundle wants; with
     /// `tombstone`, remembers it (until that expiry) so it is not taken again.
     pub fn remove_bundle(&self, id: &BundleId, tombstone: Option<u64>) -> Result<(), StoreError> {
+        let _writing = self.write_guard();
+        self.remove_bundle_locked(id, tombstone)
+    }
+
+    /// [`Store::remove_bundle`] for a caller already holding the write lock.
+    pub(crate) fn remove_bundle_locked(
+        &self,
+        id: &BundleId,
+        tombstone: Option<u64>,
+    ) -> Result<(), StoreError> {
         let mut doomed = Vec::new();
         let txn = self.db.begin_write()?;
         {
@@ -628,6 +701,26 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Creates a new, empty database beside `path` and renames it into place,
+/// so a crash while creating it can never leave a half-written file (redb
+/// refuses one whose header was cut short: "magic number mismatch").
+/// Nothing is acknowledged before the database exists, so an interrupted
+/// creation loses nothing.
+fn create_database_atomically(root: &Path, path: &Path) -> Result<(), StoreError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let fresh = root.join("meta.redb.new");
+    let _ = std::fs::remove_file(&fresh);
+    drop(Database::create(&fresh)?);
+    File::open(&fresh)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::rename(&fresh, path))
+        .and_then(|()| File::open(root))
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io(path))
 }
 
 /// Records that `bundle` wants `ids`, counting those already present.

@@ -61,23 +61,18 @@ pub fn import_folder(
     for _ in 0..2 {
         let wanted = store.missing_chunks(&id)?;
         for group in wanted.chunks(IMPORT_BATCH) {
-            let mut absent = Vec::new();
-            let chunks =
-                group
-                    .iter()
-                    .filter_map(|c| match folder.get(c, MAX_CHUNK_SIZE as usize) {
-                        Ok(Some(bytes)) => Some((*c, bytes)),
-                        _ => {
-                            absent.push(*c);
-                            None
-                        }
-                    });
+            let chunks = group
+                .iter()
+                .filter(|c| !report.corrupt.contains(c))
+                .filter_map(|c| match folder.get(c, MAX_CHUNK_SIZE as usize) {
+                    Ok(Some(bytes)) => Some((*c, bytes)),
+                    _ => None,
+                });
             let put = store.put_chunks(chunks)?;
             report.stored += put.stored.len();
             report.already += put.duplicates;
             report.corrupt.extend(put.mismatched);
             on_commit(&put.stored);
-            drop(absent);
         }
         if store.record(&id)?.index_known {
             if report.index_known {
