@@ -25,7 +25,7 @@ pub mod index;
 mod layout;
 mod reassemble;
 mod sealed;
-mod wire;
+pub mod wire;
 
 pub use chunker::{write_index, ChunkSink, Chunked, StripeWriter};
 pub use descriptor::{

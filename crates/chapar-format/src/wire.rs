@@ -1,21 +1,24 @@
-//! Bounded big-endian readers and writers shared by every decoder.
+//! Bounded big-endian readers and writers shared by every decoder (here
+//! and in `chapar-wire`).
 
 use crate::error::DecodeError;
 
 /// A cursor over untrusted bytes: every read is bounds-checked and fails
 /// with [`DecodeError::Truncated`] instead of panicking.
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     what: &'static str,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(buf: &'a [u8], what: &'static str) -> Self {
+    /// A reader over `buf`; `what` names the structure in errors.
+    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
         Self { buf, pos: 0, what }
     }
 
-    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    /// The next `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self.pos.checked_add(n).filter(|&end| end <= self.buf.len());
         let end = end.ok_or(DecodeError::Truncated { what: self.what })?;
         let out = &self.buf[self.pos..end];
@@ -23,30 +26,35 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    /// The next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.bytes(N)?);
         Ok(out)
     }
 
-    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+    /// The next byte.
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.array::<1>()?[0])
     }
 
-    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
+    /// The next big-endian `u16`.
+    pub fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.array()?))
     }
 
-    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+    /// The next big-endian `u32`.
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
-    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
+    /// The next big-endian `u64`.
+    pub fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
     /// Checks the magic and version that open every Chapar structure.
-    pub(crate) fn header(&mut self, magic: &[u8; 8], version: u8) -> Result<(), DecodeError> {
+    pub fn header(&mut self, magic: &[u8; 8], version: u8) -> Result<(), DecodeError> {
         if &self.array::<8>()? != magic {
             return Err(DecodeError::BadMagic { what: self.what });
         }
@@ -61,7 +69,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Fails unless every byte was consumed: canonical encodings have no slack.
-    pub(crate) fn finish(self) -> Result<(), DecodeError> {
+    pub fn finish(self) -> Result<(), DecodeError> {
         if self.pos == self.buf.len() {
             Ok(())
         } else {
@@ -74,37 +82,49 @@ impl<'a> Reader<'a> {
 }
 
 /// Appends big-endian fields to a buffer.
-pub(crate) struct Writer {
-    pub(crate) buf: Vec<u8>,
+pub struct Writer {
+    /// The bytes written so far.
+    pub buf: Vec<u8>,
 }
 
 impl Writer {
-    pub(crate) fn new(magic: &[u8; 8], version: u8) -> Self {
+    /// An empty buffer, for encodings without a magic (framed messages).
+    pub fn plain() -> Self {
+        Self { buf: Vec::new() }
+    }
+
+    /// A buffer opened with a magic and version.
+    pub fn new(magic: &[u8; 8], version: u8) -> Self {
         let mut buf = Vec::with_capacity(256);
         buf.extend_from_slice(magic);
         buf.push(version);
         Self { buf }
     }
 
-    pub(crate) fn bytes(&mut self, b: &[u8]) -> &mut Self {
+    /// Appends raw bytes.
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
         self.buf.extend_from_slice(b);
         self
     }
 
-    pub(crate) fn u8(&mut self, v: u8) -> &mut Self {
+    /// Appends a byte.
+    pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
         self
     }
 
-    pub(crate) fn u16(&mut self, v: u16) -> &mut Self {
+    /// Appends a big-endian `u16`.
+    pub fn u16(&mut self, v: u16) -> &mut Self {
         self.bytes(&v.to_be_bytes())
     }
 
-    pub(crate) fn u32(&mut self, v: u32) -> &mut Self {
+    /// Appends a big-endian `u32`.
+    pub fn u32(&mut self, v: u32) -> &mut Self {
         self.bytes(&v.to_be_bytes())
     }
 
-    pub(crate) fn u64(&mut self, v: u64) -> &mut Self {
+    /// Appends a big-endian `u64`.
+    pub fn u64(&mut self, v: u64) -> &mut Self {
         self.bytes(&v.to_be_bytes())
     }
 }

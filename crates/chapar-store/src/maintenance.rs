@@ -144,8 +144,10 @@ impl Store {
             let txn = self.db().begin_write()?;
             {
                 let mut t = txn.open_table(TOMBSTONES)?;
+                let mut receipts = txn.open_multimap_table(RECEIPTS)?;
                 for id in &lapsed {
                     t.remove(&id.0)?;
+                    receipts.remove_all(&id.0)?;
                 }
             }
             txn.commit()?;

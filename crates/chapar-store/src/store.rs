@@ -667,9 +667,15 @@ impl Store {
         }
         txn.open_table(BUNDLES)?.remove(&id.0)?;
         txn.open_table(DESCRIPTORS)?.remove(&id.0)?;
-        txn.open_multimap_table(RECEIPTS)?.remove_all(&id.0)?;
-        if let Some(until) = tombstone {
-            txn.open_table(TOMBSTONES)?.insert(&id.0, until)?;
+        match tombstone {
+            // The receipts stay with the tombstone: they are the proof of
+            // delivery other nodes can verify (a bare tombstone is not).
+            Some(until) => {
+                txn.open_table(TOMBSTONES)?.insert(&id.0, until)?;
+            }
+            None => {
+                txn.open_multimap_table(RECEIPTS)?.remove_all(&id.0)?;
+            }
         }
         txn.commit()?;
         // Deleted after the commit: a crash in between leaves orphan files

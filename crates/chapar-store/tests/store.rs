@@ -330,6 +330,8 @@ fn receipts_are_checked_and_the_last_one_frees_the_bundle() {
         store.add_receipt(&s.id, &first).expect("late"),
         ReceiptOutcome::AlreadyDelivered
     );
+    // The receipts outlive the bundle, as proof of delivery to pass on.
+    assert_eq!(store.receipts(&s.id).expect("receipts").len(), 2);
     // Tombstones lapse with the bundle's expiry.
     let gc = store.collect_garbage(u64::MAX).expect("gc");
     assert_eq!(gc.tombstones_lapsed, 1);
