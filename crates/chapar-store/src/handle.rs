@@ -36,7 +36,8 @@ impl StoreHandle {
         &self.store
     }
 
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs `f` on the blocking pool with the store, waiting for a permit.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
@@ -58,7 +59,7 @@ impl StoreHandle {
         descriptor: Vec<u8>,
         role: Role,
     ) -> Result<(BundleId, bool), StoreError> {
-        self.run(move |s| s.add_bundle(&descriptor, role)).await
+        self.call(move |s| s.add_bundle(&descriptor, role)).await
     }
 
     /// See [`Store::put_chunks`].
@@ -66,22 +67,22 @@ impl StoreHandle {
         &self,
         chunks: Vec<(ChunkId, Vec<u8>)>,
     ) -> Result<PutReport, StoreError> {
-        self.run(move |s| s.put_chunks(chunks)).await
+        self.call(move |s| s.put_chunks(chunks)).await
     }
 
     /// See [`Store::get_chunk`].
     pub async fn get_chunk(&self, id: ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.run(move |s| s.get_chunk(&id)).await
+        self.call(move |s| s.get_chunk(&id)).await
     }
 
     /// See [`Store::missing_chunks`].
     pub async fn missing_chunks(&self, id: BundleId) -> Result<Vec<ChunkId>, StoreError> {
-        self.run(move |s| s.missing_chunks(&id)).await
+        self.call(move |s| s.missing_chunks(&id)).await
     }
 
     /// See [`Store::record`].
     pub async fn record(&self, id: BundleId) -> Result<BundleRecord, StoreError> {
-        self.run(move |s| s.record(&id)).await
+        self.call(move |s| s.record(&id)).await
     }
 
     /// See [`Store::add_receipt`].
@@ -90,6 +91,6 @@ impl StoreHandle {
         id: BundleId,
         secret: AckSecret,
     ) -> Result<ReceiptOutcome, StoreError> {
-        self.run(move |s| s.add_receipt(&id, &secret)).await
+        self.call(move |s| s.add_receipt(&id, &secret)).await
     }
 }

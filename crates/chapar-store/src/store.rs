@@ -237,7 +237,11 @@ impl Store {
         if descriptor.expires_at <= self.now() {
             return Err(StoreError::Expired { id });
         }
+        let writing = self.write_guard();
         let txn = self.db.begin_write()?;
+        if txn.open_table(TOMBSTONES)?.get(&id.0)?.is_some() {
+            return Err(StoreError::Tombstoned { id });
+        }
         let new = {
             let mut bundles = txn.open_table(BUNDLES)?;
             let existing = bundles.get(&id.0)?.map(|v| v.value().to_vec());
@@ -272,6 +276,7 @@ impl Store {
             }
         };
         txn.commit()?;
+        drop(writing);
         // Also for a known bundle: a crash may have come between storing
         // its index chunks and reading them.
         self.learn_index(&id)?;
@@ -391,10 +396,11 @@ impl Store {
             Some(b) if b.len() == len && id.matches(&b) => Ok(Some(b)),
             _ => {
                 tracing::warn!(chunk = %id, "stored chunk failed verification; quarantined");
+                let _writing = self.write_guard();
                 self.files
                     .quarantine(id)
                     .map_err(StoreError::io(self.chunk_label(id)))?;
-                self.forget_chunks(&[*id])?;
+                self.forget_chunks_locked(&[*id])?;
                 Err(StoreError::ChunkCorrupt { id: *id })
             }
         }
@@ -418,7 +424,7 @@ impl Store {
         I: IntoIterator<Item = (ChunkId, B)>,
         B: AsRef<[u8]>,
     {
-        let _writing = self.write_guard();
+        let writing = self.write_guard();
         let mut report = PutReport::default();
         let mut fresh: Vec<(ChunkId, u32)> = Vec::new();
         let mut staged = Vec::new();
@@ -464,6 +470,9 @@ impl Store {
         add_used(&txn, added as i64)?;
         txn.commit()?;
         report.stored = fresh.iter().map(|(id, _)| *id).collect();
+        // Reading an index reads chunks, which may quarantine one and so
+        // need the lock: release it first.
+        drop(writing);
         for owner in owners {
             self.learn_index(&owner)?;
         }
@@ -556,7 +565,20 @@ impl Store {
                 return Ok(());
             }
         };
+        let _writing = self.write_guard();
         let txn = self.db.begin_write()?;
+        // Re-read inside the transaction: counters may have moved since.
+        let current = txn
+            .open_table(BUNDLES)?
+            .get(&id.0)?
+            .map(|v| v.value().to_vec());
+        let Some(current) = current else {
+            return Ok(());
+        };
+        rec = BundleRecord::decode(&current)?;
+        if rec.index_known {
+            return Ok(());
+        }
         rec.index_known = true;
         want_chunks(&txn, id, &ids, &mut rec)?;
         txn.open_table(BUNDLES)?.insert(&id.0, &rec.encode()[..])?;
@@ -614,6 +636,11 @@ impl Store {
     /// count as missing and can be fetched again.
     pub(crate) fn forget_chunks(&self, ids: &[ChunkId]) -> Result<(), StoreError> {
         let _writing = self.write_guard();
+        self.forget_chunks_locked(ids)
+    }
+
+    /// [`Store::forget_chunks`] for a caller already holding the write lock.
+    fn forget_chunks_locked(&self, ids: &[ChunkId]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         let mut freed = 0i64;
         for id in ids {

@@ -1,0 +1,22 @@
+//! The Chapar node runtime on rust-libp2p: a node gossips descriptors and
+//! receipts, syncs its inventory with every peer it meets (so nothing
+//! depends on having been online when something was announced), and
+//! fetches the chunks it lacks — from several peers at once, verified
+//! before they are stored — into its [`chapar_store::Store`].
+//!
+//! One task owns the libp2p `Swarm`; the protocol servers and the
+//! replicator talk to it through a bounded command channel. The wire
+//! format is `chapar-wire`; the protocols are specified in
+//! `docs/PROTOCOL.md`.
+#![forbid(unsafe_code)]
+
+mod behaviour;
+mod framing;
+mod node;
+pub mod plan;
+mod protocols;
+mod swarm;
+
+pub use behaviour::ConnectionCaps;
+pub use node::{start, MeshError, NodeConfig, NodeHandle};
+pub use plan::Limits;

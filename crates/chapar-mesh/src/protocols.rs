@@ -1,0 +1,229 @@
+//! The two stream protocols: inventory sync and chunk transfer, both
+//! sides of each.
+
+use std::collections::HashSet;
+
+use chapar_format::{BundleId, ChunkId, Descriptor};
+use chapar_store::{Role, StoreError, StoreHandle};
+use chapar_wire::{
+    Inventory, InventoryEntry, Message, ReceiptMessage, SyncResponse, MAX_DESCRIPTORS_PER_RESPONSE,
+    MAX_RECEIPTS,
+};
+use futures::AsyncWriteExt;
+use libp2p::Stream;
+
+use crate::framing::{read_message, write_message, FrameError};
+
+/// A peer broke a protocol rule; it gets cut off.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PeerFault {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("unexpected message")]
+    Unexpected,
+    #[error("sent chunk {0} whose bytes do not match its id")]
+    BadChunk(ChunkId),
+    #[error("sent an invalid descriptor")]
+    BadDescriptor,
+    #[error("sent a forged receipt")]
+    ForgedReceipt,
+}
+
+impl PeerFault {
+    /// Faults that prove bad intent or a broken peer, as opposed to a
+    /// link that failed.
+    pub(crate) fn is_misbehaviour(&self) -> bool {
+        !matches!(self, PeerFault::Frame(FrameError::Io(_)))
+    }
+}
+
+/// What this node holds, for the sync.
+pub(crate) async fn our_inventory(store: &StoreHandle) -> Result<Inventory, StoreError> {
+    store
+        .call(|s| {
+            Ok(Inventory {
+                bundles: s
+                    .bundles()?
+                    .into_iter()
+                    .map(|b| InventoryEntry {
+                        bundle: b.id,
+                        complete: b.record.complete(),
+                        held: b.record.held_chunks,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+}
+
+/// Builds the response to a peer's inventory: our inventory, descriptors
+/// it lacks, receipts for bundles it holds.
+async fn respond_to(store: &StoreHandle, theirs: &Inventory) -> Result<SyncResponse, StoreError> {
+    let theirs: HashSet<BundleId> = theirs.bundles.iter().map(|e| e.bundle).collect();
+    store
+        .call(move |s| {
+            let mut response = SyncResponse::default();
+            for b in s.bundles()? {
+                response.inventory.bundles.push(InventoryEntry {
+                    bundle: b.id,
+                    complete: b.record.complete(),
+                    held: b.record.held_chunks,
+                });
+                if !theirs.contains(&b.id)
+                    && response.descriptors.len() < MAX_DESCRIPTORS_PER_RESPONSE
+                {
+                    response.descriptors.push(s.descriptor(&b.id)?);
+                }
+            }
+            for id in &theirs {
+                for secret in s.receipts(id)? {
+                    if response.receipts.len() < MAX_RECEIPTS {
+                        response.receipts.push(ReceiptMessage {
+                            bundle: *id,
+                            secret,
+                        });
+                    }
+                }
+            }
+            Ok(response)
+        })
+        .await
+}
+
+/// Takes in what a peer told us: descriptors and receipts, each verified.
+pub(crate) async fn absorb(
+    store: &StoreHandle,
+    response: &SyncResponse,
+) -> Result<usize, PeerFault> {
+    let mut new = 0;
+    for bytes in &response.descriptors {
+        if Descriptor::decode(bytes).is_err() {
+            return Err(PeerFault::BadDescriptor);
+        }
+        match store.add_bundle(bytes.clone(), Role::Relaying).await {
+            Ok((_, true)) => new += 1,
+            Ok((_, false)) | Err(StoreError::Tombstoned { .. } | StoreError::Expired { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, "could not store a descriptor"),
+        }
+    }
+    for receipt in &response.receipts {
+        match store
+            .add_receipt(receipt.bundle, receipt.secret.clone())
+            .await
+        {
+            Ok(_) | Err(StoreError::UnknownBundle { .. }) => {}
+            Err(StoreError::WrongPreimage { .. }) => return Err(PeerFault::ForgedReceipt),
+            Err(e) => tracing::warn!(error = %e, "could not store a receipt"),
+        }
+    }
+    Ok(new)
+}
+
+/// Initiator side: send our inventory, take in the answer.
+pub(crate) async fn sync_out(
+    store: &StoreHandle,
+    mut stream: Stream,
+) -> Result<SyncResponse, PeerFault> {
+    let ours = our_inventory(store)
+        .await
+        .map_err(|e| PeerFault::Frame(FrameError::Io(std::io::Error::other(e))))?;
+    write_message(&mut stream, &Message::SyncRequest(ours))
+        .await
+        .map_err(FrameError::from)?;
+    let response = match read_message(&mut stream, Message::MAX_SYNC_FRAME).await? {
+        Some(Message::SyncResponse(r)) => r,
+        _ => return Err(PeerFault::Unexpected),
+    };
+    let _ = stream.close().await;
+    absorb(store, &response).await?;
+    Ok(response)
+}
+
+/// Responder side: answer one sync request; returns the peer's inventory.
+pub(crate) async fn sync_in(
+    store: &StoreHandle,
+    mut stream: Stream,
+) -> Result<Inventory, PeerFault> {
+    let theirs = match read_message(&mut stream, Message::MAX_SYNC_FRAME).await? {
+        Some(Message::SyncRequest(inv)) => inv,
+        _ => return Err(PeerFault::Unexpected),
+    };
+    let response = respond_to(store, &theirs)
+        .await
+        .map_err(|e| PeerFault::Frame(FrameError::Io(std::io::Error::other(e))))?;
+    write_message(&mut stream, &Message::SyncResponse(response))
+        .await
+        .map_err(FrameError::from)?;
+    let _ = stream.close().await;
+    Ok(theirs)
+}
+
+/// Server side of chunk transfer: answer requests until the peer closes.
+pub(crate) async fn serve_chunks(
+    store: &StoreHandle,
+    mut stream: Stream,
+) -> Result<u64, PeerFault> {
+    let mut served = 0u64;
+    while let Some(message) = read_message(&mut stream, Message::MAX_SYNC_FRAME).await? {
+        let Message::ChunkRequest(ids) = message else {
+            return Err(PeerFault::Unexpected);
+        };
+        for id in ids {
+            let reply = match store.get_chunk(id).await {
+                Ok(Some(bytes)) => {
+                    served += bytes.len() as u64;
+                    Message::ChunkData { id, bytes }
+                }
+                _ => Message::ChunkMissing(id),
+            };
+            write_message(&mut stream, &reply)
+                .await
+                .map_err(FrameError::from)?;
+        }
+        stream.flush().await.map_err(FrameError::from)?;
+    }
+    Ok(served)
+}
+
+/// What a fetch brought.
+#[derive(Debug, Default)]
+pub(crate) struct Fetched {
+    pub(crate) stored: Vec<ChunkId>,
+    pub(crate) missing: Vec<ChunkId>,
+    pub(crate) bytes: u64,
+}
+
+/// Requester side: ask for `ids`, verify each answer, store the good ones.
+/// A chunk that does not match its id is a fault: nothing more is taken
+/// from this peer.
+pub(crate) async fn fetch_chunks(
+    store: &StoreHandle,
+    mut stream: Stream,
+    ids: Vec<ChunkId>,
+) -> Result<Fetched, PeerFault> {
+    write_message(&mut stream, &Message::ChunkRequest(ids.clone()))
+        .await
+        .map_err(FrameError::from)?;
+    let mut fetched = Fetched::default();
+    let mut good = Vec::with_capacity(ids.len());
+    for expected in &ids {
+        match read_message(&mut stream, Message::MAX_CHUNK_FRAME).await? {
+            Some(Message::ChunkData { id, bytes }) if id == *expected => {
+                if !id.matches(&bytes) {
+                    return Err(PeerFault::BadChunk(id));
+                }
+                fetched.bytes += bytes.len() as u64;
+                good.push((id, bytes));
+            }
+            Some(Message::ChunkMissing(id)) if id == *expected => fetched.missing.push(id),
+            _ => return Err(PeerFault::Unexpected),
+        }
+    }
+    let _ = stream.close().await;
+    let report = store
+        .put_chunks(good)
+        .await
+        .map_err(|e| PeerFault::Frame(FrameError::Io(std::io::Error::other(e))))?;
+    fetched.stored = report.stored;
+    Ok(fetched)
+}

@@ -1,0 +1,119 @@
+//! Real swarms over loopback TCP, each on its own store on disk.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chapar_bundle::{open_folder, seal_to_folder, SealOptions};
+use chapar_format::{BundleId, Geometry};
+use chapar_mesh::{start, NodeConfig, NodeHandle};
+use chapar_store::{export_folder, import_folder, Role, Store, StoreHandle};
+use libp2p::{identity, Multiaddr};
+
+struct TestNode {
+    handle: NodeHandle,
+    store: StoreHandle,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    async fn start(peers: Vec<Multiaddr>, preload: Option<&Path>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("data")).expect("store");
+        if let Some(bundle) = preload {
+            import_folder(&store, bundle, Role::Relaying, |_| {}).expect("import");
+        }
+        let store = StoreHandle::new(store);
+        let mut config = NodeConfig::new(
+            identity::Keypair::generate_ed25519(),
+            vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+        );
+        config.peers = peers;
+        config.sync_interval = Duration::from_millis(500);
+        let handle = start(config, store.clone()).await.expect("node starts");
+        Self {
+            handle,
+            store,
+            _dir: dir,
+        }
+    }
+
+    async fn addr(&self) -> Multiaddr {
+        for _ in 0..100 {
+            if let Some(a) = self.handle.listen_addrs().await.into_iter().next() {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("node never listened");
+    }
+
+    async fn complete(&self, id: BundleId) -> bool {
+        self.store
+            .record(id)
+            .await
+            .map(|r| r.complete())
+            .unwrap_or(false)
+    }
+
+    async fn wait_complete(&self, id: BundleId, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !self.complete(id).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what} never completed the bundle"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn sealed_bundle(dir: &Path) -> (std::path::PathBuf, BundleId, age::x25519::Identity) {
+    let input = dir.join("evidence");
+    std::fs::create_dir(&input).expect("mkdir");
+    let mut data = vec![0u8; 300_000];
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = (i * 7 % 251) as u8;
+    }
+    std::fs::write(input.join("scan.bin"), &data).expect("write");
+    let key = age::x25519::Identity::generate();
+    let mut opts = SealOptions::new(vec![key.to_public()]);
+    opts.geometry = Geometry {
+        chunk_size: 4096,
+        data_per_stripe: 16,
+        parity_per_stripe: 4,
+    };
+    let folder = dir.join("bundle");
+    let sealed = seal_to_folder(&[input], &opts, &folder).expect("seal");
+    (folder, sealed.bundle_id, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_on_one_relay_reaches_a_chain_of_relays_and_a_late_joiner() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("chapar_mesh=debug")
+        .with_test_writer()
+        .try_init();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (bundle, id, key) = sealed_bundle(tmp.path());
+
+    let a = TestNode::start(vec![], Some(&bundle)).await;
+    assert!(a.complete(id).await);
+    let b = TestNode::start(vec![a.addr().await], None).await;
+    let c = TestNode::start(vec![b.addr().await], None).await;
+    b.wait_complete(id, "relay B (next to A)").await;
+    c.wait_complete(id, "relay C (two hops from A)").await;
+
+    // A relay that comes up after everyone else has it catches up by sync
+    // alone: nothing is re-gossiped for it.
+    let late = TestNode::start(vec![c.addr().await], None).await;
+    late.wait_complete(id, "the late relay").await;
+
+    // What reached the far end opens.
+    let out = tmp.path().join("export");
+    export_folder(late.store.store(), &id, &out).expect("export");
+    let opened = tmp.path().join("opened");
+    open_folder(&out, &[key], &opened).expect("opens");
+    for n in [&a, &b, &c, &late] {
+        n.handle.shutdown().await;
+    }
+}
