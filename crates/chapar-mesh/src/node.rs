@@ -197,6 +197,7 @@ pub async fn start(config: NodeConfig, store: StoreHandle) -> Result<NodeHandle,
             in_flight: HashSet::new(),
             in_flight_bytes: HashMap::new(),
             not_there: HashSet::new(),
+            completed: HashSet::new(),
         }
         .run(news_rx, inventory_rx),
     );
@@ -296,6 +297,8 @@ struct Replicator {
     in_flight_bytes: HashMap<PeerId, u64>,
     /// (peer, chunk) pairs a peer said it does not hold.
     not_there: HashSet<(PeerId, ChunkId)>,
+    /// Bundles already reported complete.
+    completed: HashSet<BundleId>,
 }
 
 impl Replicator {
@@ -498,6 +501,26 @@ impl Replicator {
         }
     }
 
+    /// Logs each bundle once, when this node comes to hold all of it.
+    async fn report_completions(&mut self) {
+        let complete: Vec<BundleId> = self
+            .store
+            .call(|s| {
+                Ok(s.bundles()?
+                    .into_iter()
+                    .filter(|b| b.record.complete())
+                    .map(|b| b.id)
+                    .collect())
+            })
+            .await
+            .unwrap_or_default();
+        for id in complete {
+            if self.completed.insert(id) {
+                tracing::info!(bundle = %id, "bundle complete");
+            }
+        }
+    }
+
     async fn on_outcome(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::Synced(peer, result) => {
@@ -525,6 +548,7 @@ impl Replicator {
                         tracing::debug!(%peer, stored = fetched.stored.len(), bytes = fetched.bytes, "fetched chunks");
                         self.not_there
                             .extend(fetched.missing.into_iter().map(|c| (peer, c)));
+                        self.report_completions().await;
                     }
                     Err(fault) if fault.is_misbehaviour() => {
                         self.peers.remove(&peer);
