@@ -31,7 +31,7 @@ impl Relay {
         }
         let mut child = cmd.spawn().expect("relay starts");
         let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
+        let (tx, lines) = mpsc::sync_channel(4096);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
