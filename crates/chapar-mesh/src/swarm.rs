@@ -230,11 +230,13 @@ impl SwarmTask {
                 }
                 let _ = self.news.send(SwarmNews::PeerDown(peer_id)).await;
             }
-            // A failed ping does not close a connection by itself.
+            // A failed ping does not close a connection by itself; a dead
+            // link (timeout) must be closed so the redial can replace it.
+            // A peer that does not speak ping is not thereby dead.
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,
-                result: Err(e),
+                result: Err(e @ (ping::Failure::Timeout | ping::Failure::Other { .. })),
             })) => {
                 tracing::debug!(%peer, error = %e, "ping failed; closing the connection");
                 self.swarm.close_connection(connection);
