@@ -18,5 +18,5 @@ mod protocols;
 mod swarm;
 
 pub use behaviour::ConnectionCaps;
-pub use node::{start, MeshError, NodeConfig, NodeHandle};
+pub use node::{start, MeshError, NodeConfig, NodeHandle, NodeStats};
 pub use plan::Limits;

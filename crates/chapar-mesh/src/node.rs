@@ -64,17 +64,35 @@ pub enum MeshError {
     Libp2p(String),
 }
 
+/// Counters of what a node moved (for metrics and tests).
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// Chunks received from peers and verified (a chunk fetched twice
+    /// counts twice).
+    pub chunks_fetched: std::sync::atomic::AtomicU64,
+    /// Their bytes.
+    pub bytes_fetched: std::sync::atomic::AtomicU64,
+    /// Bytes of chunks served to peers.
+    pub bytes_served: std::sync::atomic::AtomicU64,
+}
+
 /// The handle to a running node.
 #[derive(Debug, Clone)]
 pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
+    stats: Arc<NodeStats>,
 }
 
 impl NodeHandle {
     /// The node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// What the node has moved so far.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
     }
 
     /// Listen addresses, each ending in `/p2p/<peer id>`.
@@ -167,9 +185,11 @@ pub async fn start(config: NodeConfig, store: StoreHandle) -> Result<NodeHandle,
         }
         .run(),
     );
+    let stats = Arc::new(NodeStats::default());
     let handle = NodeHandle {
         commands: command_tx.clone(),
         peer_id,
+        stats: stats.clone(),
     };
     let permits = Arc::new(Semaphore::new(config.max_inbound_streams));
     tokio::spawn(serve_sync(
@@ -186,6 +206,7 @@ pub async fn start(config: NodeConfig, store: StoreHandle) -> Result<NodeHandle,
         command_tx.clone(),
         config.ban,
         permits,
+        stats.clone(),
     ));
     tokio::spawn(
         Replicator {
@@ -198,6 +219,7 @@ pub async fn start(config: NodeConfig, store: StoreHandle) -> Result<NodeHandle,
             in_flight_bytes: HashMap::new(),
             not_there: HashSet::new(),
             completed: HashSet::new(),
+            stats,
         }
         .run(news_rx, inventory_rx),
     );
@@ -249,16 +271,22 @@ async fn serve_chunk_requests(
     commands: mpsc::Sender<Command>,
     ban_for: Duration,
     permits: Arc<Semaphore>,
+    stats: Arc<NodeStats>,
 ) {
     while let Some((peer, stream)) = incoming.next().await {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "too many inbound streams; dropping one");
             continue;
         };
-        let (store, commands) = (store.clone(), commands.clone());
+        let (store, commands, stats) = (store.clone(), commands.clone(), stats.clone());
         tokio::spawn(async move {
             match serve_chunks(&store, stream).await {
-                Ok(bytes) => tracing::debug!(%peer, bytes, "served chunks"),
+                Ok(bytes) => {
+                    stats
+                        .bytes_served
+                        .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(%peer, bytes, "served chunks")
+                }
                 Err(fault) if fault.is_misbehaviour() => {
                     ban(&commands, peer, &fault, ban_for).await
                 }
@@ -299,6 +327,7 @@ struct Replicator {
     not_there: HashSet<(PeerId, ChunkId)>,
     /// Bundles already reported complete.
     completed: HashSet<BundleId>,
+    stats: Arc<NodeStats>,
 }
 
 impl Replicator {
@@ -548,6 +577,11 @@ impl Replicator {
                         tracing::debug!(%peer, stored = fetched.stored.len(), bytes = fetched.bytes, "fetched chunks");
                         self.not_there
                             .extend(fetched.missing.into_iter().map(|c| (peer, c)));
+                        let relaxed = std::sync::atomic::Ordering::Relaxed;
+                        self.stats
+                            .chunks_fetched
+                            .fetch_add(fetched.received as u64, relaxed);
+                        self.stats.bytes_fetched.fetch_add(fetched.bytes, relaxed);
                         self.report_completions().await;
                     }
                     Err(fault) if fault.is_misbehaviour() => {

@@ -188,6 +188,8 @@ pub(crate) async fn serve_chunks(
 /// What a fetch brought.
 #[derive(Debug, Default)]
 pub(crate) struct Fetched {
+    /// Chunks received and verified (stored or already held).
+    pub(crate) received: usize,
     pub(crate) stored: Vec<ChunkId>,
     pub(crate) missing: Vec<ChunkId>,
     pub(crate) bytes: u64,
@@ -220,6 +222,7 @@ pub(crate) async fn fetch_chunks(
         }
     }
     let _ = stream.close().await;
+    fetched.received = good.len();
     let report = store
         .put_chunks(good)
         .await
