@@ -46,16 +46,22 @@ impl Behaviour {
         key: &identity::Keypair,
         caps: ConnectionCaps,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        // Anonymous gossip: a signed message would name the node that
+        // published it — the sender of a descriptor, the recipient of a
+        // receipt — to the whole mesh. The payloads verify themselves
+        // (descriptor decoding, receipt preimages), and their content is
+        // their message id.
         let gossip_config = gossipsub::ConfigBuilder::default()
             .max_transmit_size(chapar_wire::MAX_GOSSIP_MESSAGE)
-            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validation_mode(gossipsub::ValidationMode::Anonymous)
+            .message_id_fn(|m: &gossipsub::Message| {
+                gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+            })
             .validate_messages()
             .heartbeat_interval(Duration::from_secs(1))
             .build()?;
-        let gossipsub = gossipsub::Behaviour::new(
-            gossipsub::MessageAuthenticity::Signed(key.clone()),
-            gossip_config,
-        )?;
+        let gossipsub =
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)?;
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established(Some(caps.total))
             .with_max_established_per_peer(Some(caps.per_peer));

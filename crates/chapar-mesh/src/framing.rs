@@ -27,8 +27,16 @@ pub async fn read_message<S: AsyncRead + Unpin>(
         _ => stream.read_exact(&mut header[1..]).await?,
     }
     let len = frame_length(header, max)?;
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await?;
+    // Grow with what actually arrives: a peer that announces a large frame
+    // and sends nothing costs nothing.
+    let mut body = Vec::with_capacity(len.min(64 * 1024));
+    (&mut *stream)
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if body.len() != len {
+        return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
     Ok(Some(Message::decode(&body)?))
 }
 

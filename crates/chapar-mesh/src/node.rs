@@ -226,6 +226,24 @@ pub async fn start(config: NodeConfig, store: StoreHandle) -> Result<NodeHandle,
     Ok(handle)
 }
 
+/// Opens a stream, giving up after 30 s (libp2p sets no limit).
+async fn open_stream(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    protocol: &'static str,
+) -> Result<libp2p::Stream, String> {
+    match tokio::time::timeout(
+        Duration::from_secs(30),
+        control.open_stream(peer, StreamProtocol::new(protocol)),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out opening a stream".into()),
+    }
+}
+
 async fn ban(
     commands: &mpsc::Sender<Command>,
     peer: PeerId,
@@ -429,13 +447,10 @@ impl Replicator {
                 done.clone(),
             );
             tokio::spawn(async move {
-                let result = match control
-                    .open_stream(peer, StreamProtocol::new(SYNC_PROTOCOL))
-                    .await
-                {
+                let result = match open_stream(&mut control, peer, SYNC_PROTOCOL).await {
                     Ok(stream) => sync_out(&store, stream).await.map(|r| r.inventory),
                     Err(e) => Err(PeerFault::Frame(crate::framing::FrameError::Io(
-                        std::io::Error::other(e.to_string()),
+                        std::io::Error::other(e),
                     ))),
                 };
                 let _ = done.send(Outcome::Synced(peer, result)).await;
@@ -494,6 +509,7 @@ impl Replicator {
             &holdings,
             &self.in_flight,
             &self.in_flight_bytes,
+            &self.not_there,
             self.config.limits,
         );
         let chunk_size: HashMap<ChunkId, u64> = wants
@@ -513,13 +529,10 @@ impl Replicator {
                 let (store, mut control, done) =
                     (self.store.clone(), self.control.clone(), done.clone());
                 tokio::spawn(async move {
-                    let result = match control
-                        .open_stream(peer, StreamProtocol::new(CHUNK_PROTOCOL))
-                        .await
-                    {
+                    let result = match open_stream(&mut control, peer, CHUNK_PROTOCOL).await {
                         Ok(stream) => fetch_chunks(&store, stream, batch.clone()).await,
                         Err(e) => Err(PeerFault::Frame(crate::framing::FrameError::Io(
-                            std::io::Error::other(e.to_string()),
+                            std::io::Error::other(e),
                         ))),
                     };
                     let _ = done

@@ -62,6 +62,7 @@ pub fn plan<P: Copy + Eq + std::hash::Hash + Ord>(
     holdings: &HashMap<P, HashMap<BundleId, Holding>>,
     in_flight_chunks: &HashSet<ChunkId>,
     in_flight_bytes: &HashMap<P, u64>,
+    lacking: &HashSet<(P, ChunkId)>,
     limits: Limits,
 ) -> HashMap<P, Vec<ChunkId>> {
     let mut load: HashMap<P, u64> = in_flight_bytes.clone();
@@ -98,10 +99,16 @@ pub fn plan<P: Copy + Eq + std::hash::Hash + Ord>(
             if in_flight_chunks.contains(chunk) {
                 continue;
             }
-            // Least-loaded holder with room; complete holders before partial.
+            // Least-loaded holder with room (an idle peer always has room
+            // for one chunk, however large); complete holders before
+            // partial; never one that said it lacks this chunk.
             let best = holders
                 .iter()
-                .filter(|(p, _)| load.get(p).copied().unwrap_or(0) + cost <= limits.per_peer_bytes)
+                .filter(|(p, _)| !lacking.contains(&(*p, *chunk)))
+                .filter(|(p, _)| {
+                    let l = load.get(p).copied().unwrap_or(0);
+                    l == 0 || l + cost <= limits.per_peer_bytes
+                })
                 .min_by_key(|(p, h)| {
                     (
                         *h == Holding::Partial,
@@ -110,7 +117,7 @@ pub fn plan<P: Copy + Eq + std::hash::Hash + Ord>(
                     )
                 });
             let Some((peer, _)) = best else {
-                break;
+                continue;
             };
             *load.entry(*peer).or_default() += cost;
             total += cost;
@@ -162,7 +169,14 @@ mod tests {
             per_peer_bytes: 3 * 1024,
             total_bytes: 100 * 1024,
         };
-        let p = plan(&wants, &holdings, &HashSet::new(), &HashMap::new(), limits);
+        let p = plan(
+            &wants,
+            &holdings,
+            &HashSet::new(),
+            &HashMap::new(),
+            &HashSet::new(),
+            limits,
+        );
         assert_eq!(p[&1].len(), 3);
         assert_eq!(p[&2].len(), 3);
         let all: HashSet<_> = p.values().flatten().collect();
@@ -184,7 +198,14 @@ mod tests {
             per_peer_bytes: 3 * 1024,
             total_bytes: 3 * 1024,
         };
-        let p = plan(&wants, &holdings, &HashSet::new(), &HashMap::new(), limits);
+        let p = plan(
+            &wants,
+            &holdings,
+            &HashSet::new(),
+            &HashMap::new(),
+            &HashSet::new(),
+            limits,
+        );
         let got = &p[&1];
         assert_eq!(got.len(), 3);
         assert_eq!(&got[..2], &wants[2].missing[..]); // priority 200, expires 20
@@ -199,8 +220,26 @@ mod tests {
             (2, &[(1, Holding::Complete)]),
         ]);
         let busy: HashSet<ChunkId> = [wants[0].missing[0]].into();
-        let p = plan(&wants, &holdings, &busy, &HashMap::new(), Limits::default());
+        let p = plan(
+            &wants,
+            &holdings,
+            &busy,
+            &HashMap::new(),
+            &HashSet::new(),
+            Limits::default(),
+        );
         assert_eq!(p.len(), 1);
         assert_eq!(p[&2], wants[0].missing[1..].to_vec());
+        // A chunk the complete holder said it lacks goes to the partial one.
+        let lacking: HashSet<(u8, ChunkId)> = [(2, wants[0].missing[1])].into();
+        let p = plan(
+            &wants,
+            &holdings,
+            &busy,
+            &HashMap::new(),
+            &lacking,
+            Limits::default(),
+        );
+        assert_eq!(p[&1], vec![wants[0].missing[1]]);
     }
 }

@@ -37,6 +37,27 @@ impl PeerFault {
     }
 }
 
+/// Largest chunk request: type, count and 256 ids.
+const MAX_REQUEST_FRAME: usize = 1 + 2 + 32 * chapar_wire::MAX_CHUNKS_PER_REQUEST;
+
+/// How long a peer may keep us waiting for its next frame. Silence is a
+/// failed link, not misbehaviour, but it must not hold a stream forever.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads the next frame, giving up after [`IDLE`].
+async fn next(stream: &mut Stream, max: usize) -> Result<Option<Message>, PeerFault> {
+    match tokio::time::timeout(IDLE, read_message(stream, max)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(PeerFault::Frame(FrameError::Io(
+            std::io::ErrorKind::TimedOut.into(),
+        ))),
+    }
+}
+
+fn eof() -> PeerFault {
+    PeerFault::Frame(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+}
+
 /// What this node holds, for the sync.
 pub(crate) async fn our_inventory(store: &StoreHandle) -> Result<Inventory, StoreError> {
     store
@@ -45,6 +66,7 @@ pub(crate) async fn our_inventory(store: &StoreHandle) -> Result<Inventory, Stor
                 bundles: s
                     .bundles()?
                     .into_iter()
+                    .take(chapar_wire::MAX_INVENTORY_ENTRIES)
                     .map(|b| InventoryEntry {
                         bundle: b.id,
                         complete: b.record.complete(),
@@ -63,7 +85,11 @@ async fn respond_to(store: &StoreHandle, theirs: &Inventory) -> Result<SyncRespo
     store
         .call(move |s| {
             let mut response = SyncResponse::default();
-            for b in s.bundles()? {
+            for b in s
+                .bundles()?
+                .into_iter()
+                .take(chapar_wire::MAX_INVENTORY_ENTRIES)
+            {
                 response.inventory.bundles.push(InventoryEntry {
                     bundle: b.id,
                     complete: b.record.complete(),
@@ -130,9 +156,12 @@ pub(crate) async fn sync_out(
     write_message(&mut stream, &Message::SyncRequest(ours))
         .await
         .map_err(FrameError::from)?;
-    let response = match read_message(&mut stream, Message::MAX_SYNC_FRAME).await? {
+    let response = match next(&mut stream, Message::MAX_SYNC_FRAME).await? {
         Some(Message::SyncResponse(r)) => r,
-        _ => return Err(PeerFault::Unexpected),
+        // A stream that ends early is a link that failed (yamux reports a
+        // reset or a closed connection as a clean end), not misbehaviour.
+        None => return Err(eof()),
+        Some(_) => return Err(PeerFault::Unexpected),
     };
     let _ = stream.close().await;
     absorb(store, &response).await?;
@@ -144,9 +173,10 @@ pub(crate) async fn sync_in(
     store: &StoreHandle,
     mut stream: Stream,
 ) -> Result<Inventory, PeerFault> {
-    let theirs = match read_message(&mut stream, Message::MAX_SYNC_FRAME).await? {
+    let theirs = match next(&mut stream, Message::MAX_SYNC_FRAME).await? {
         Some(Message::SyncRequest(inv)) => inv,
-        _ => return Err(PeerFault::Unexpected),
+        None => return Err(eof()),
+        Some(_) => return Err(PeerFault::Unexpected),
     };
     let response = respond_to(store, &theirs)
         .await
@@ -164,7 +194,7 @@ pub(crate) async fn serve_chunks(
     mut stream: Stream,
 ) -> Result<u64, PeerFault> {
     let mut served = 0u64;
-    while let Some(message) = read_message(&mut stream, Message::MAX_SYNC_FRAME).await? {
+    while let Some(message) = next(&mut stream, MAX_REQUEST_FRAME).await? {
         let Message::ChunkRequest(ids) = message else {
             return Err(PeerFault::Unexpected);
         };
@@ -208,25 +238,42 @@ pub(crate) async fn fetch_chunks(
         .map_err(FrameError::from)?;
     let mut fetched = Fetched::default();
     let mut good = Vec::with_capacity(ids.len());
+    let mut fault = None;
     for expected in &ids {
-        match read_message(&mut stream, Message::MAX_CHUNK_FRAME).await? {
-            Some(Message::ChunkData { id, bytes }) if id == *expected => {
+        match next(&mut stream, Message::MAX_CHUNK_FRAME).await {
+            Ok(Some(Message::ChunkData { id, bytes })) if id == *expected => {
                 if !id.matches(&bytes) {
-                    return Err(PeerFault::BadChunk(id));
+                    fault = Some(PeerFault::BadChunk(id));
+                    break;
                 }
                 fetched.bytes += bytes.len() as u64;
                 good.push((id, bytes));
             }
-            Some(Message::ChunkMissing(id)) if id == *expected => fetched.missing.push(id),
-            _ => return Err(PeerFault::Unexpected),
+            Ok(Some(Message::ChunkMissing(id))) if id == *expected => fetched.missing.push(id),
+            Ok(None) => {
+                fault = Some(eof());
+                break;
+            }
+            Ok(Some(_)) => {
+                fault = Some(PeerFault::Unexpected);
+                break;
+            }
+            Err(e) => {
+                fault = Some(e);
+                break;
+            }
         }
     }
     let _ = stream.close().await;
+    // Keep what verified even when the peer then failed or lied.
     fetched.received = good.len();
     let report = store
         .put_chunks(good)
         .await
         .map_err(|e| PeerFault::Frame(FrameError::Io(std::io::Error::other(e))))?;
     fetched.stored = report.stored;
-    Ok(fetched)
+    match fault {
+        Some(f) => Err(f),
+        None => Ok(fetched),
+    }
 }

@@ -145,7 +145,8 @@ const CHUNK_MISSING: u8 = 5;
 
 impl Message {
     /// Largest frame on the sync protocol.
-    pub const MAX_SYNC_FRAME: usize = 4 * 1024 * 1024;
+    /// (Holds a full inventory, 64 descriptors and 16,384 receipts: 4.45 MB.)
+    pub const MAX_SYNC_FRAME: usize = 6 * 1024 * 1024;
     /// Largest frame on the chunk protocol (a whole chunk).
     pub const MAX_CHUNK_FRAME: usize = 1 + 32 + MAX_CHUNK_SIZE as usize;
 
