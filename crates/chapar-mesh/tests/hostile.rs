@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chapar_bundle::{seal_to_folder, SealOptions};
-use chapar_format::{BundleId, Geometry};
+mod common;
+
+use chapar_format::BundleId;
 use chapar_mesh::{start, NodeConfig};
 use chapar_store::{import_folder, Role, Store, StoreHandle};
 use chapar_wire::{
@@ -114,22 +115,6 @@ async fn liar(bundle: BundleId) -> (Multiaddr, Arc<AtomicUsize>, Arc<AtomicUsize
     (rx.await.expect("liar listens"), dropped, served)
 }
 
-fn sealed_bundle(dir: &Path) -> (std::path::PathBuf, BundleId) {
-    let input = dir.join("evidence");
-    std::fs::create_dir(&input).expect("mkdir");
-    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
-    std::fs::write(input.join("scan.bin"), data).expect("write");
-    let mut opts = SealOptions::new(vec![age::x25519::Identity::generate().to_public()]);
-    opts.geometry = Geometry {
-        chunk_size: 4096,
-        data_per_stripe: 16,
-        parity_per_stripe: 4,
-    };
-    let folder = dir.join("bundle");
-    let sealed = seal_to_folder(&[input], &opts, &folder).expect("seal");
-    (folder, sealed.bundle_id)
-}
-
 async fn node(
     dir: &Path,
     preload: Option<&Path>,
@@ -162,7 +147,7 @@ async fn first_addr(h: &chapar_mesh::NodeHandle) -> Multiaddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_serving_corrupt_chunks_is_cut_off_and_the_bundle_completes_from_honest_peers() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (bundle, id) = sealed_bundle(tmp.path());
+    let (bundle, id, _) = common::sealed_bundle(tmp.path(), 200_000);
     let (liar_addr, liar_dropped, liar_served) = liar(id).await;
     let (honest, _) = node(&tmp.path().join("honest"), Some(&bundle), vec![]).await;
     let honest_addr = first_addr(&honest).await;
@@ -171,22 +156,11 @@ async fn a_peer_serving_corrupt_chunks_is_cut_off_and_the_bundle_completes_from_
     tokio::time::sleep(Duration::from_millis(300)).await;
     victim.dial(honest_addr).await;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if store
-            .record(id)
-            .await
-            .map(|r| r.complete())
-            .unwrap_or(false)
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bundle never completed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually("bundle never completed", Duration::from_secs(60), || {
+        let store = store.clone();
+        async move { common::complete(&store, id).await }
+    })
+    .await;
     assert!(
         liar_served.load(Ordering::Relaxed) > 0,
         "the liar was never asked: the test proved nothing"
@@ -202,7 +176,7 @@ async fn a_peer_serving_corrupt_chunks_is_cut_off_and_the_bundle_completes_from_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_frames_get_a_peer_cut_off_while_others_are_served() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (bundle, id) = sealed_bundle(tmp.path());
+    let (bundle, id, _) = common::sealed_bundle(tmp.path(), 200_000);
     let (target, _) = node(&tmp.path().join("target"), Some(&bundle), vec![]).await;
     let target_addr = first_addr(&target).await;
 
@@ -252,17 +226,9 @@ async fn malformed_and_oversized_frames_get_a_peer_cut_off_while_others_are_serv
     }
     // And an honest relay still gets the whole bundle from it.
     let (_, store) = node(&tmp.path().join("honest"), None, vec![target_addr]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !store
-        .record(id)
-        .await
-        .map(|r| r.complete())
-        .unwrap_or(false)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "honest peer not served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually("honest peer not served", Duration::from_secs(60), || {
+        let store = store.clone();
+        async move { common::complete(&store, id).await }
+    })
+    .await;
 }

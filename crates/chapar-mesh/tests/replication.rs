@@ -3,8 +3,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use chapar_bundle::{open_folder, seal_to_folder, SealOptions};
-use chapar_format::{BundleId, Geometry};
+mod common;
+
+use chapar_bundle::open_folder;
+use chapar_format::BundleId;
 use chapar_mesh::{start, NodeConfig, NodeHandle};
 use chapar_store::{export_folder, import_folder, Role, Store, StoreHandle};
 use libp2p::{identity, Multiaddr};
@@ -48,43 +50,21 @@ impl TestNode {
     }
 
     async fn complete(&self, id: BundleId) -> bool {
-        self.store
-            .record(id)
-            .await
-            .map(|r| r.complete())
-            .unwrap_or(false)
+        common::complete(&self.store, id).await
     }
 
     async fn wait_complete(&self, id: BundleId, what: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !self.complete(id).await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{what} never completed the bundle"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let store = self.store.clone();
+        common::eventually(
+            &format!("{what} never completed the bundle"),
+            Duration::from_secs(60),
+            || {
+                let store = store.clone();
+                async move { common::complete(&store, id).await }
+            },
+        )
+        .await;
     }
-}
-
-fn sealed_bundle(dir: &Path) -> (std::path::PathBuf, BundleId, age::x25519::Identity) {
-    let input = dir.join("evidence");
-    std::fs::create_dir(&input).expect("mkdir");
-    let mut data = vec![0u8; 300_000];
-    for (i, b) in data.iter_mut().enumerate() {
-        *b = (i * 7 % 251) as u8;
-    }
-    std::fs::write(input.join("scan.bin"), &data).expect("write");
-    let key = age::x25519::Identity::generate();
-    let mut opts = SealOptions::new(vec![key.to_public()]);
-    opts.geometry = Geometry {
-        chunk_size: 4096,
-        data_per_stripe: 16,
-        parity_per_stripe: 4,
-    };
-    let folder = dir.join("bundle");
-    let sealed = seal_to_folder(&[input], &opts, &folder).expect("seal");
-    (folder, sealed.bundle_id, key)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +74,7 @@ async fn a_bundle_on_one_relay_reaches_a_chain_of_relays_and_a_late_joiner() {
         .with_test_writer()
         .try_init();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (bundle, id, key) = sealed_bundle(tmp.path());
+    let (bundle, id, key) = common::sealed_bundle(tmp.path(), 300_000);
 
     let a = TestNode::start(vec![], Some(&bundle)).await;
     assert!(a.complete(id).await);
@@ -123,7 +103,7 @@ async fn a_bundle_on_one_relay_reaches_a_chain_of_relays_and_a_late_joiner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_frees_the_bundle_everywhere() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (bundle, id, key) = sealed_bundle(tmp.path());
+    let (bundle, id, key) = common::sealed_bundle(tmp.path(), 300_000);
     let a = TestNode::start(vec![], Some(&bundle)).await;
     let b = TestNode::start(vec![a.addr().await], None).await;
     let c = TestNode::start(vec![b.addr().await], None).await;
@@ -175,7 +155,7 @@ async fn a_receipt_frees_the_bundle_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_restarted_mid_transfer_resumes_without_refetching() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (bundle, id, _) = sealed_bundle(tmp.path());
+    let (bundle, id, _) = common::sealed_bundle(tmp.path(), 300_000);
     let a = TestNode::start(vec![], Some(&bundle)).await;
     let a_addr = a.addr().await;
     let data = tmp.path().join("b-data");
