@@ -1,6 +1,7 @@
 //! Reading and writing `chapar-wire` frames on a libp2p stream, bounded.
 
 use std::io;
+use std::time::Duration;
 
 use chapar_wire::{frame_length, Message, WireError, FRAME_HEADER};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -16,28 +17,47 @@ pub enum FrameError {
     Wire(#[from] WireError),
 }
 
-/// Reads one frame of at most `max` bytes; `Ok(None)` at a clean end of stream.
+/// Reads one frame of at most `max` bytes; `Ok(None)` at a clean end of
+/// stream. `idle` bounds the wait for *each* piece of it, not the whole:
+/// a 1 MiB chunk over a slow satellite link may take minutes and still be
+/// making progress; a silent peer may not hold the stream.
 pub async fn read_message<S: AsyncRead + Unpin>(
     stream: &mut S,
     max: usize,
+    idle: Duration,
 ) -> Result<Option<Message>, FrameError> {
     let mut header = [0u8; FRAME_HEADER];
-    match stream.read(&mut header[..1]).await? {
-        0 => return Ok(None),
-        _ => stream.read_exact(&mut header[1..]).await?,
+    let mut got = 0;
+    while got < FRAME_HEADER {
+        match patiently(idle, stream.read(&mut header[got..])).await? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
+            n => got += n,
+        }
     }
     let len = frame_length(header, max)?;
     // Grow with what actually arrives: a peer that announces a large frame
     // and sends nothing costs nothing.
     let mut body = Vec::with_capacity(len.min(64 * 1024));
-    (&mut *stream)
-        .take(len as u64)
-        .read_to_end(&mut body)
-        .await?;
-    if body.len() != len {
-        return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()));
+    let mut piece = vec![0u8; 64 * 1024];
+    while body.len() < len {
+        let want = (len - body.len()).min(piece.len());
+        match patiently(idle, stream.read(&mut piece[..want])).await? {
+            0 => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
+            n => body.extend_from_slice(&piece[..n]),
+        }
     }
     Ok(Some(Message::decode(&body)?))
+}
+
+async fn patiently<T>(
+    idle: Duration,
+    read: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match tokio::time::timeout(idle, read).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// Writes one frame.

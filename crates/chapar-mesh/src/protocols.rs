@@ -44,14 +44,9 @@ const MAX_REQUEST_FRAME: usize = 1 + 2 + 32 * chapar_wire::MAX_CHUNKS_PER_REQUES
 /// failed link, not misbehaviour, but it must not hold a stream forever.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Reads the next frame, giving up after [`IDLE`].
+/// Reads the next frame, giving up after [`IDLE`] without progress.
 async fn next(stream: &mut Stream, max: usize) -> Result<Option<Message>, PeerFault> {
-    match tokio::time::timeout(IDLE, read_message(stream, max)).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(PeerFault::Frame(FrameError::Io(
-            std::io::ErrorKind::TimedOut.into(),
-        ))),
-    }
+    Ok(read_message(stream, max, IDLE).await?)
 }
 
 fn eof() -> PeerFault {
