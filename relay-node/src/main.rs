@@ -56,12 +56,13 @@ struct RunArgs {
     #[command(flatten)]
     data: DataDirArg,
 
-    /// Address to listen on (repeatable).
-    #[arg(
-        long,
-        value_name = "MULTIADDR",
-        default_value = "/ip4/0.0.0.0/tcp/4701"
-    )]
+    /// A TOML file of settings (see chapar-relay.example.toml); flags given
+    /// on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Address to listen on (repeatable) [default: /ip4/0.0.0.0/tcp/4701].
+    #[arg(long, value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
 
     /// A peer to connect to and keep reconnecting to, with /p2p/<id> (repeatable).
@@ -72,13 +73,94 @@ struct RunArgs {
     #[arg(long, value_name = "SIZE")]
     quota: Option<bytesize::ByteSize>,
 
-    /// How often to re-sync inventories with each peer.
-    #[arg(long, value_name = "DURATION", default_value = "10s")]
-    sync_interval: humantime::Duration,
+    /// How often to re-sync inventories with each peer [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    sync_interval: Option<humantime::Duration>,
 
     /// More log output (-v debug). `CHAPAR_LOG` takes a full filter.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+/// The settings file. Every field is optional; the defaults are the ones
+/// written in `chapar-relay.example.toml`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    listen: Option<Vec<String>>,
+    peers: Option<Vec<String>>,
+    quota: Option<String>,
+    sync_interval: Option<String>,
+}
+
+/// Settings after the file and the flags are merged and validated.
+struct Settings {
+    data_dir: PathBuf,
+    listen: Vec<Multiaddr>,
+    peers: Vec<Multiaddr>,
+    quota: Option<u64>,
+    sync_interval: Duration,
+}
+
+const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/4701";
+const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(10);
+
+fn read_config(path: &Path) -> Result<ConfigFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}: invalid settings", path.display()))
+}
+
+fn addrs(list: &[String], what: &str) -> Result<Vec<Multiaddr>> {
+    list.iter()
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("{what}: {a:?} is not a multiaddr"))
+        })
+        .collect()
+}
+
+fn settings(args: &RunArgs) -> Result<Settings> {
+    let file = match &args.config {
+        Some(path) => read_config(path)?,
+        None => ConfigFile::default(),
+    };
+    let data_dir = match (&args.data.data_dir, &file.data_dir) {
+        (Some(d), _) | (None, Some(d)) => d.clone(),
+        (None, None) => data_dir(&args.data)?,
+    };
+    let listen = match (&args.listen[..], &file.listen) {
+        ([], Some(l)) => addrs(l, "listen")?,
+        ([], None) => vec![DEFAULT_LISTEN.parse()?],
+        (flags, _) => flags.to_vec(),
+    };
+    let peers = match (&args.peers[..], &file.peers) {
+        ([], Some(p)) => addrs(p, "peers")?,
+        (flags, _) => flags.to_vec(),
+    };
+    let quota = match (args.quota, &file.quota) {
+        (Some(q), _) => Some(q.as_u64()),
+        (None, Some(q)) => Some(
+            q.parse::<bytesize::ByteSize>()
+                .map_err(|e| anyhow::anyhow!("quota: {q:?}: {e}"))?
+                .as_u64(),
+        ),
+        (None, None) => None,
+    };
+    let sync_interval = match (args.sync_interval, &file.sync_interval) {
+        (Some(d), _) => d.into(),
+        (None, Some(d)) => {
+            humantime::parse_duration(d).with_context(|| format!("sync_interval: {d:?}"))?
+        }
+        (None, None) => DEFAULT_SYNC_INTERVAL,
+    };
+    Ok(Settings {
+        data_dir,
+        listen,
+        peers,
+        quota,
+        sync_interval,
+    })
 }
 
 fn data_dir(arg: &DataDirArg) -> Result<PathBuf> {
@@ -142,11 +224,12 @@ fn run(args: RunArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let dir = data_dir(&args.data)?;
+    let settings = settings(&args)?;
+    let dir = settings.data_dir.clone();
     let key = node_key(&dir)?;
     let store = Store::open(&dir)?;
-    if let Some(q) = args.quota {
-        store.set_quota(Some(q.as_u64()))?;
+    if let Some(q) = settings.quota {
+        store.set_quota(Some(q))?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -154,9 +237,9 @@ fn run(args: RunArgs) -> Result<()> {
         .build()?;
     runtime.block_on(async move {
         let store = StoreHandle::new(store);
-        let mut config = NodeConfig::new(key, args.listen);
-        config.peers = args.peers;
-        config.sync_interval = args.sync_interval.into();
+        let mut config = NodeConfig::new(key, settings.listen);
+        config.peers = settings.peers;
+        config.sync_interval = settings.sync_interval;
         let node = start(config, store.clone()).await?;
         tracing::info!(peer_id = %node.peer_id(), data_dir = %dir.display(), "relay started");
         let mut gc = tokio::time::interval(Duration::from_secs(60));
@@ -179,4 +262,30 @@ fn run(args: RunArgs) -> Result<()> {
         node.shutdown().await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_example_config_is_valid_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("chapar-relay.example.toml");
+        let file = read_config(&path).expect("example parses");
+        assert_eq!(file.listen, Some(vec![DEFAULT_LISTEN.to_string()]));
+        let interval = humantime::parse_duration(file.sync_interval.as_deref().expect("set"))
+            .expect("duration");
+        assert_eq!(interval, DEFAULT_SYNC_INTERVAL);
+        for p in file.peers.unwrap_or_default() {
+            p.parse::<Multiaddr>().expect("example peer parses");
+        }
+    }
+
+    #[test]
+    fn unknown_settings_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "qouta = \"5GiB\"\n").expect("write");
+        assert!(read_config(&path).is_err());
+    }
 }
