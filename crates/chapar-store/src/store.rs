@@ -496,17 +496,22 @@ impl Store {
         I: IntoIterator<Item = (ChunkId, B)>,
         B: AsRef<[u8]>,
     {
+        // Read once; re-read only after an eviction changes it.
+        let mut used = match quota {
+            Some(_) => self.used_bytes()?,
+            None => 0,
+        };
         for (id, bytes) in batch {
             let bytes = bytes.as_ref();
             if bytes.len() > MAX_CHUNK_SIZE as usize || !id.matches(bytes) {
                 report.mismatched.push(id);
                 continue;
             }
-            if self.has_chunk(&id)? || fresh.iter().any(|(f, _)| *f == id) {
+            let (held, wanted_by) = self.standing(&id)?;
+            if held || fresh.iter().any(|(f, _)| *f == id) {
                 report.duplicates += 1;
                 continue;
             }
-            let wanted_by = self.wanted_by(&id)?;
             if wanted_by.is_empty() {
                 report.unwanted.push(id);
                 continue;
@@ -517,9 +522,10 @@ impl Store {
                 }
             }
             if let Some(quota) = quota {
-                if self.used_bytes()? + *pending + bytes.len() as u64 > quota {
+                if used + *pending + bytes.len() as u64 > quota {
                     let evicted = self.make_room(*pending + bytes.len() as u64, owners)?;
                     report.evicted.extend(evicted);
+                    used = self.used_bytes()?;
                 }
             }
             staged.push(
@@ -531,6 +537,18 @@ impl Store {
             fresh.push((id, bytes.len() as u32));
         }
         Ok(())
+    }
+
+    /// Whether chunk `id` is held, and which bundles want it: one read
+    /// transaction for both, on the put path.
+    fn standing(&self, id: &ChunkId) -> Result<(bool, Vec<BundleId>), StoreError> {
+        let r = self.db.begin_read()?;
+        let held = r.open_table(CHUNKS)?.get(&id.0)?.is_some();
+        let mut wanted_by = Vec::new();
+        for b in r.open_multimap_table(CHUNK_BUNDLES)?.get(&id.0)? {
+            wanted_by.push(BundleId(*b?.value()));
+        }
+        Ok((held, wanted_by))
     }
 
     /// Bundles that want chunk `id`.

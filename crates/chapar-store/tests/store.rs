@@ -234,12 +234,7 @@ fn quota_evicts_lowest_priority_then_oldest_and_never_own_bundles() {
     store.set_quota(Some(used - per_bundle / 2)).expect("quota");
     let report = import(&store, &high, Role::Relaying);
     assert!(report.complete, "{report:?}");
-    let left: Vec<BundleId> = store
-        .bundles()
-        .expect("bundles")
-        .iter()
-        .map(|b| b.id)
-        .collect();
+    let left: Vec<BundleId> = held_ids(&store);
     assert!(left.contains(&own.id), "own bundle evicted");
     assert!(left.contains(&high.id));
     assert!(!left.contains(&low.id), "lowest priority kept");
@@ -257,12 +252,7 @@ fn quota_evicts_lowest_priority_then_oldest_and_never_own_bundles() {
         .set_quota(Some(store.used_bytes().expect("used") + 100))
         .expect("quota");
     let big = seal(tmp.path(), "big", 60_000, 1, 255);
-    let before: Vec<BundleId> = store
-        .bundles()
-        .expect("bundles")
-        .iter()
-        .map(|b| b.id)
-        .collect();
+    let before: Vec<BundleId> = held_ids(&store);
     match import_folder(&store, &big.folder, Role::Sealed, |_| {}) {
         Err(StoreError::QuotaFull { .. }) => {}
         other => panic!("expected QuotaFull, got {other:?}"),
@@ -489,12 +479,7 @@ fn quota_evicts_expired_then_partly_receipted_before_priority() {
         .set_quota(Some(store.used_bytes().expect("used") + per_bundle / 2))
         .expect("quota");
     import(&store, &incoming, Role::Relaying);
-    let left: Vec<BundleId> = store
-        .bundles()
-        .expect("bundles")
-        .iter()
-        .map(|b| b.id)
-        .collect();
+    let left: Vec<BundleId> = held_ids(&store);
     assert!(!left.contains(&expiring.id), "expired bundle kept");
     assert!(
         left.contains(&receipted.id) && left.contains(&low.id),
@@ -514,12 +499,7 @@ fn quota_evicts_expired_then_partly_receipted_before_priority() {
         ))
         .expect("quota");
     import(&store, &one_more, Role::Relaying);
-    let left: Vec<BundleId> = store
-        .bundles()
-        .expect("bundles")
-        .iter()
-        .map(|b| b.id)
-        .collect();
+    let left: Vec<BundleId> = held_ids(&store);
     assert!(
         !left.contains(&receipted.id),
         "partly receipted bundle kept: {left:?}"
@@ -567,4 +547,14 @@ fn a_folder_missing_up_to_parity_per_stripe_is_completed_from_parity() {
     let out = tmp.path().join("export");
     export_folder(&store, &s.id, &out).expect("export");
     open_folder(&out, &s.keys, &tmp.path().join("opened")).expect("opens");
+}
+
+/// Ids of the bundles the store holds.
+fn held_ids(store: &Store) -> Vec<BundleId> {
+    store
+        .bundles()
+        .expect("bundles")
+        .iter()
+        .map(|b| b.id)
+        .collect()
 }
