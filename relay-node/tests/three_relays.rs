@@ -19,10 +19,17 @@ struct Relay {
 
 impl Relay {
     fn start(data: &Path, peers: &[String]) -> Self {
+        Self::start_with(data, peers, &[])
+    }
+
+    fn start_with(data: &Path, peers: &[String], extra: &[&str]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chapar-relay"));
         cmd.arg("--data-dir")
             .arg(data)
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--sync-interval", "1s"])
+            // Other tests' relays on this machine must not join this mesh.
+            .arg("--no-mdns")
+            .args(extra)
             .env("CHAPAR_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -85,6 +92,26 @@ impl Relay {
     }
 }
 
+/// One plain HTTP GET of /metrics.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    socket.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of an unlabelled metric.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
 fn sealed_bundle(dir: &Path) -> (std::path::PathBuf, BundleId) {
     let input = dir.join("evidence");
     std::fs::create_dir(&input).expect("mkdir");
@@ -119,10 +146,42 @@ fn a_bundle_imported_into_one_relay_before_start_completes_on_two_others() {
     let a_addr = a.listen_addr("relay A");
     let mut b = Relay::start(&b_dir, std::slice::from_ref(&a_addr));
     let b_addr = b.listen_addr("relay B");
-    let mut c = Relay::start(&c_dir, &[b_addr]);
+    let mut c = Relay::start_with(&c_dir, &[b_addr], &["--metrics", "127.0.0.1:0"]);
     let complete = format!("bundle complete bundle={id}");
     b.wait_for(&complete, "relay B");
     c.wait_for(&complete, "relay C");
+
+    // C's metrics say what it did, alongside libp2p's own.
+    let url = c.wait_for("serving metrics", "relay C metrics");
+    let addr = url
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("metrics address in the log line");
+    let metrics = scrape(addr);
+    assert!(metrics.contains("chapar_bundles_complete 1"), "{metrics}");
+    assert!(
+        metrics.contains("chapar_replication_lag_chunks 0"),
+        "{metrics}"
+    );
+    let bytes_in = metric(&metrics, "chapar_chunk_bytes_in_total");
+    assert!(
+        bytes_in >= 400_000.0,
+        "fetched {bytes_in} bytes:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("libp2p_swarm_connections_established_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("libp2p_bandwidth_bytes_total"),
+        "{metrics}"
+    );
+
+    // Restarted with no peers given, C finds B again from its peer book.
+    c.stop();
+    let mut c = Relay::start(&c_dir, &[]);
+    c.wait_for("peer connected", "relay C after a restart");
     for r in [a, b, c] {
         r.stop();
     }

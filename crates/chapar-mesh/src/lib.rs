@@ -12,11 +12,22 @@
 
 mod behaviour;
 mod framing;
+mod gate;
+mod keyfile;
+mod metrics;
 mod node;
+pub mod peerbook;
 pub mod plan;
 mod protocols;
+pub mod ratelimit;
+mod replicator;
+mod serve;
 mod swarm;
 
-pub use behaviour::ConnectionCaps;
-pub use node::{start, MeshError, NodeConfig, NodeHandle, NodeStats};
+pub use behaviour::{ConnectionCaps, RelayLimits};
+pub use gate::MAX_LIFETIME;
+pub use keyfile::{load_or_create_node_key, NODE_KEY_FILE};
+pub use metrics::{serve_metrics, NodeStats};
+pub use node::{start, MeshError, NodeConfig, NodeHandle};
 pub use plan::Limits;
+pub use ratelimit::Rate;

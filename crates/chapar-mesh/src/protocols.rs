@@ -10,7 +10,9 @@ use chapar_wire::{
     MAX_RECEIPTS,
 };
 use futures::AsyncWriteExt;
-use libp2p::Stream;
+use libp2p::{PeerId, Stream};
+
+use crate::gate::{expiry_is_sane, DescriptorGate};
 
 use crate::framing::{read_message, write_message, FrameError};
 
@@ -112,14 +114,23 @@ async fn respond_to(store: &StoreHandle, theirs: &Inventory) -> Result<SyncRespo
 }
 
 /// Takes in what a peer told us: descriptors and receipts, each verified.
+/// New descriptors pass the flood cap first.
 pub(crate) async fn absorb(
     store: &StoreHandle,
     response: &SyncResponse,
+    peer: PeerId,
+    gate: &DescriptorGate,
 ) -> Result<usize, PeerFault> {
     let mut new = 0;
+    let now = store.call(|s| Ok(s.now())).await.unwrap_or(0);
     for bytes in &response.descriptors {
-        if Descriptor::decode(bytes).is_err() {
+        let Ok(descriptor) = Descriptor::decode(bytes) else {
             return Err(PeerFault::BadDescriptor);
+        };
+        // A stale or far-future expiry may be a clock apart, not malice.
+        let known = store.record(BundleId::of(bytes)).await.is_ok();
+        if known || !expiry_is_sane(&descriptor, now) || !gate.admit(peer) {
+            continue;
         }
         match store.add_bundle(bytes.clone(), Role::Relaying).await {
             Ok((_, true)) => new += 1,
@@ -144,6 +155,8 @@ pub(crate) async fn absorb(
 pub(crate) async fn sync_out(
     store: &StoreHandle,
     mut stream: Stream,
+    peer: PeerId,
+    gate: &DescriptorGate,
 ) -> Result<SyncResponse, PeerFault> {
     let ours = our_inventory(store)
         .await
@@ -159,7 +172,7 @@ pub(crate) async fn sync_out(
         Some(_) => return Err(PeerFault::Unexpected),
     };
     let _ = stream.close().await;
-    absorb(store, &response).await?;
+    absorb(store, &response, peer, gate).await?;
     Ok(response)
 }
 
@@ -183,12 +196,19 @@ pub(crate) async fn sync_in(
     Ok(theirs)
 }
 
+/// What a chunk stream served.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Served {
+    pub(crate) chunks: u64,
+    pub(crate) bytes: u64,
+}
+
 /// Server side of chunk transfer: answer requests until the peer closes.
 pub(crate) async fn serve_chunks(
     store: &StoreHandle,
     mut stream: Stream,
-) -> Result<u64, PeerFault> {
-    let mut served = 0u64;
+) -> Result<Served, PeerFault> {
+    let mut served = Served::default();
     while let Some(message) = next(&mut stream, MAX_REQUEST_FRAME).await? {
         let Message::ChunkRequest(ids) = message else {
             return Err(PeerFault::Unexpected);
@@ -196,7 +216,8 @@ pub(crate) async fn serve_chunks(
         for id in ids {
             let reply = match store.get_chunk(id).await {
                 Ok(Some(bytes)) => {
-                    served += bytes.len() as u64;
+                    served.chunks += 1;
+                    served.bytes += bytes.len() as u64;
                     Message::ChunkData { id, bytes }
                 }
                 _ => Message::ChunkMissing(id),

@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId};
+use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{ping, Multiaddr, PeerId, Swarm};
+use libp2p::{autonat, identify, kad, mdns, ping, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use crate::metrics::NodeStats;
 
 /// Requests to the swarm task.
 #[derive(Debug)]
@@ -33,6 +36,7 @@ pub(crate) enum Command {
         for_how_long: Duration,
     },
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
     Shutdown,
 }
 
@@ -41,6 +45,11 @@ pub(crate) enum Command {
 pub(crate) enum SwarmNews {
     PeerUp(PeerId),
     PeerDown(PeerId),
+    /// Where a connected peer can be reached again (for the peer book).
+    PeerReachable {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
     Gossip {
         id: MessageId,
         source: PeerId,
@@ -49,29 +58,57 @@ pub(crate) enum SwarmNews {
     },
 }
 
-/// Redial state of one known peer address.
+/// Redial state of one known peer.
 struct Redial {
     addr: Multiaddr,
     next: Instant,
     backoff: Duration,
+    /// Peers we were told to keep are retried at least every minute;
+    /// peers remembered from the book back off further.
+    max_backoff: Duration,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Longest wait between redials of a configured peer: a link that comes
+/// back (a satellite window opening) is in use again within ~2 s. Dialing
+/// a handful of configured peers that often costs next to nothing.
+pub(crate) const CONFIGURED_MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest wait between redials of a peer remembered from the book.
+pub(crate) const REMEMBERED_MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// Gossip score below which a peer is cut off (libp2p's graylist default).
+const GRAYLIST: f64 = -80.0;
 
 pub(crate) struct SwarmTask {
     pub(crate) swarm: Swarm<Behaviour>,
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) news: mpsc::Sender<SwarmNews>,
-    /// Peers we were told about and keep coming back to.
-    pub(crate) known: Vec<Multiaddr>,
+    /// Peers to keep coming back to, and how patiently.
+    pub(crate) known: Vec<(Multiaddr, Duration)>,
+    /// Peers found through Kademlia or mDNS are dialed while fewer than
+    /// this many are connected.
+    pub(crate) target_peers: usize,
+    pub(crate) ban_for: Duration,
+    /// Treat listen addresses as external addresses.
+    pub(crate) advertise_listen_addrs: bool,
+    pub(crate) stats: NodeStats,
+    pub(crate) metrics: libp2p::metrics::Metrics,
 }
 
-fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    addr.iter().find_map(|p| match p {
-        Protocol::P2p(id) => Some(id),
-        _ => None,
-    })
+/// The peer a multiaddr ends at: the last `/p2p/` (a relayed address
+/// names the relay first and the target last).
+pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter()
+        .filter_map(|p| match p {
+            Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+        .last()
+}
+
+fn add_to_kad(swarm: &mut Swarm<Behaviour>, peer: PeerId, addr: Multiaddr) {
+    if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+        kad.add_address(&peer, addr);
+    }
 }
 
 fn jittered(d: Duration) -> Duration {
@@ -80,19 +117,27 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
+#[derive(Default)]
+struct State {
+    redials: HashMap<PeerId, Redial>,
+    banned: HashMap<PeerId, Instant>,
+    bootstrapped: bool,
+}
+
 impl SwarmTask {
     pub(crate) async fn run(mut self) {
-        let mut redials: HashMap<PeerId, Redial> = HashMap::new();
-        let mut banned: HashMap<PeerId, Instant> = HashMap::new();
-        for addr in std::mem::take(&mut self.known) {
+        let mut state = State::default();
+        for (addr, max_backoff) in std::mem::take(&mut self.known) {
             match peer_of(&addr) {
                 Some(peer) => {
-                    redials.insert(
+                    add_to_kad(&mut self.swarm, peer, addr.clone());
+                    state.redials.insert(
                         peer,
                         Redial {
-                            addr: addr.clone(),
+                            addr,
                             next: Instant::now(),
                             backoff: MIN_BACKOFF,
+                            max_backoff,
                         },
                     );
                 }
@@ -107,42 +152,52 @@ impl SwarmTask {
                 biased;
                 command = self.commands.recv() => match command {
                     None | Some(Command::Shutdown) => break,
-                    Some(c) => self.on_command(c, &mut redials, &mut banned),
+                    Some(c) => self.on_command(c, &mut state),
                 },
                 event = self.swarm.select_next_some() => {
-                    self.on_event(event, &mut redials, &banned).await;
+                    self.metrics.record(&event);
+                    self.on_event(event, &mut state).await;
                 }
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    banned.retain(|_, until| *until > now);
-                    for (peer, r) in redials.iter_mut() {
-                        if r.next <= now && !self.swarm.is_connected(peer) && !banned.contains_key(peer) {
-                            tracing::debug!(%peer, addr = %r.addr, "redialing");
-                            let _ = self.swarm.dial(r.addr.clone());
-                            r.next = now + jittered(r.backoff);
-                            r.backoff = (r.backoff * 2).min(MAX_BACKOFF);
-                        }
-                    }
-                }
+                _ = tick.tick() => self.redial(&mut state),
             }
         }
     }
 
-    fn on_command(
-        &mut self,
-        command: Command,
-        redials: &mut HashMap<PeerId, Redial>,
-        banned: &mut HashMap<PeerId, Instant>,
-    ) {
+    fn redial(&mut self, state: &mut State) {
+        let now = Instant::now();
+        state.banned.retain(|_, until| *until > now);
+        for (peer, r) in state.redials.iter_mut() {
+            if r.next <= now && !self.swarm.is_connected(peer) && !state.banned.contains_key(peer) {
+                tracing::debug!(%peer, addr = %r.addr, "redialing");
+                let opts = DialOpts::peer_id(*peer)
+                    .addresses(vec![r.addr.clone()])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                let _ = self.swarm.dial(opts);
+                r.next = now + jittered(r.backoff);
+                r.backoff = (r.backoff * 2).min(r.max_backoff);
+            }
+        }
+    }
+
+    fn ban(&mut self, peer: PeerId, for_how_long: Duration, state: &mut State) {
+        tracing::warn!(%peer, "cutting off a misbehaving peer");
+        self.stats.peers_banned.inc();
+        state.banned.insert(peer, Instant::now() + for_how_long);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    fn on_command(&mut self, command: Command, state: &mut State) {
         match command {
             Command::Dial(addr) => {
                 if let Some(peer) = peer_of(&addr) {
-                    redials.insert(
+                    state.redials.insert(
                         peer,
                         Redial {
                             addr: addr.clone(),
                             next: Instant::now() + MIN_BACKOFF,
                             backoff: MIN_BACKOFF,
+                            max_backoff: CONFIGURED_MAX_BACKOFF,
                         },
                     );
                 }
@@ -165,57 +220,89 @@ impl SwarmTask {
                 id,
                 source,
                 acceptance,
-            } => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&id, &source, acceptance);
-            }
-            Command::Ban { peer, for_how_long } => {
-                tracing::warn!(%peer, "cutting off a misbehaving peer");
-                banned.insert(peer, Instant::now() + for_how_long);
-                let _ = self.swarm.disconnect_peer_id(peer);
-            }
+            } => self.validate(id, source, acceptance, state),
+            Command::Ban { peer, for_how_long } => self.ban(peer, for_how_long, state),
             Command::ListenAddrs(reply) => {
                 let local = *self.swarm.local_peer_id();
                 let addrs = self
                     .swarm
                     .listeners()
-                    .map(|a| a.clone().with(Protocol::P2p(local)))
+                    .filter_map(|a| a.clone().with_p2p(local).ok())
                     .collect();
                 let _ = reply.send(addrs);
+            }
+            Command::ConnectedPeers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
             Command::Shutdown => {}
         }
     }
 
-    async fn on_event(
+    fn validate(
         &mut self,
-        event: SwarmEvent<BehaviourEvent>,
-        redials: &mut HashMap<PeerId, Redial>,
-        banned: &HashMap<PeerId, Instant>,
+        id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+        state: &mut State,
     ) {
+        let rejected = matches!(acceptance, MessageAcceptance::Reject);
+        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+        let _ = gossip.report_message_validation_result(&id, &source, acceptance);
+        if !rejected {
+            return;
+        }
+        self.stats.gossip_rejected.inc();
+        let score = gossip.peer_score(&source).unwrap_or(0.0);
+        tracing::debug!(peer = %source, score, "rejected gossip");
+        // Gossipsub only ignores a graylisted peer; we cut it off.
+        if score < GRAYLIST {
+            self.ban(source, self.ban_for, state);
+        }
+    }
+
+    async fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>, state: &mut State) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let local = *self.swarm.local_peer_id();
-                tracing::info!(address = %address.with(Protocol::P2p(local)), "listening");
+                let relayed = address.iter().any(|p| p == Protocol::P2pCircuit);
+                if self.advertise_listen_addrs && !relayed {
+                    // Identify tells every peer these anyway; as external
+                    // addresses they also go into relay reservations (which
+                    // libp2p refuses without one) and get AutoNAT-tested.
+                    // AutoNAT alone would never confirm a LAN or loopback
+                    // address, which is what a blackout leaves.
+                    self.swarm.add_external_address(address.clone());
+                }
+                if let Ok(full) = address.with_p2p(local) {
+                    tracing::info!(address = %full, "listening");
+                }
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
+                endpoint,
                 ..
             } => {
-                if banned.contains_key(&peer_id) {
+                if state.banned.contains_key(&peer_id) {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
-                if let Some(r) = redials.get_mut(&peer_id) {
+                if let Some(r) = state.redials.get_mut(&peer_id) {
                     r.backoff = MIN_BACKOFF;
                 }
+                if endpoint.is_dialer() && !endpoint.is_relayed() {
+                    let addr = endpoint.get_remote_address().clone();
+                    add_to_kad(&mut self.swarm, peer_id, addr.clone());
+                    let _ = self.news.try_send(SwarmNews::PeerReachable {
+                        peer: peer_id,
+                        addrs: vec![addr],
+                    });
+                }
                 if num_established.get() == 1 {
-                    tracing::info!(%peer_id, "peer connected");
+                    tracing::info!(%peer_id, relayed = endpoint.is_relayed(), "peer connected");
+                    self.stats.peers_connected.inc();
                     let _ = self.news.send(SwarmNews::PeerUp(peer_id)).await;
+                    self.bootstrap_once(state);
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -224,46 +311,161 @@ impl SwarmTask {
                 ..
             } => {
                 tracing::info!(%peer_id, "peer disconnected");
-                if let Some(r) = redials.get_mut(&peer_id) {
+                self.stats.peers_connected.dec();
+                if let Some(r) = state.redials.get_mut(&peer_id) {
                     // A link that returns resumes quickly.
                     r.next = Instant::now() + jittered(MIN_BACKOFF);
                 }
                 let _ = self.news.send(SwarmNews::PeerDown(peer_id)).await;
             }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour(event, state),
+            _ => {}
+        }
+    }
+
+    fn bootstrap_once(&mut self, state: &mut State) {
+        if !state.bootstrapped {
+            // Later bootstraps run on Kademlia's own five-minute timer.
+            state.bootstrapped = match self.swarm.behaviour_mut().kad.as_mut() {
+                Some(kad) => kad.bootstrap().is_ok(),
+                None => true,
+            };
+        }
+    }
+
+    /// Dials a peer found by discovery while we have room for more.
+    fn consider(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, state: &State) {
+        let room = self.swarm.connected_peers().count() < self.target_peers;
+        if room
+            && peer != *self.swarm.local_peer_id()
+            && !self.swarm.is_connected(&peer)
+            && !state.banned.contains_key(&peer)
+        {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .extend_addresses_through_behaviour()
+                .build();
+            let _ = self.swarm.dial(opts);
+        }
+    }
+
+    fn on_behaviour(&mut self, event: BehaviourEvent, state: &mut State) {
+        match event {
             // A failed ping does not close a connection by itself; a dead
             // link (timeout) must be closed so the redial can replace it.
             // A peer that does not speak ping is not thereby dead.
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
-                peer,
-                connection,
-                result: Err(e @ (ping::Failure::Timeout | ping::Failure::Other { .. })),
-            })) => {
-                tracing::debug!(%peer, error = %e, "ping failed; closing the connection");
-                self.swarm.close_connection(connection);
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(
-                libp2p::identify::Event::Received { peer_id, info, .. },
-            )) => {
-                tracing::debug!(%peer_id, agent = %info.agent_version, "identified");
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                propagation_source,
-                message_id,
-                message,
-            })) => {
-                let news = SwarmNews::Gossip {
-                    id: message_id,
-                    source: propagation_source,
-                    topic: message.topic.into_string(),
-                    data: message.data,
-                };
-                // Bounded: when validation lags, gossip waits, then the
-                // sync carries what was dropped.
-                if self.news.try_send(news).is_err() {
-                    tracing::debug!("gossip validation queue full; message left unvalidated");
+            BehaviourEvent::Ping(e) => {
+                self.metrics.record(&e);
+                if let ping::Event {
+                    peer,
+                    connection,
+                    result: Err(err @ (ping::Failure::Timeout | ping::Failure::Other { .. })),
+                } = e
+                {
+                    tracing::debug!(%peer, error = %err, "ping failed; closing the connection");
+                    self.swarm.close_connection(connection);
                 }
             }
+            BehaviourEvent::Identify(e) => {
+                self.metrics.record(&e);
+                if let identify::Event::Received { peer_id, info, .. } = e {
+                    self.identified(peer_id, info);
+                }
+            }
+            BehaviourEvent::Kad(e) => {
+                self.metrics.record(&e);
+                if let kad::Event::RoutingUpdated {
+                    peer, addresses, ..
+                } = e
+                {
+                    self.consider(peer, addresses.into_vec(), state);
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    tracing::debug!(%peer, %addr, "found on the local network");
+                    add_to_kad(&mut self.swarm, peer, addr.clone());
+                    self.consider(peer, vec![addr], state);
+                }
+            }
+            BehaviourEvent::Gossipsub(e) => self.on_gossip(e),
+            BehaviourEvent::Relay(e) => {
+                self.metrics.record(&e);
+                tracing::debug!(event = ?e, "relay server");
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                ..
+            }) => {
+                tracing::info!(relay = %relay_peer_id, "reachable through a relay");
+            }
+            BehaviourEvent::Dcutr(e) => {
+                self.metrics.record(&e);
+                match e.result {
+                    Ok(_) => {
+                        tracing::info!(peer = %e.remote_peer_id, "direct connection by hole punching")
+                    }
+                    Err(err) => {
+                        tracing::debug!(peer = %e.remote_peer_id, error = %err, "hole punching failed")
+                    }
+                }
+            }
+            BehaviourEvent::AutonatClient(autonat::v2::client::Event {
+                tested_addr,
+                result,
+                ..
+            }) => match result {
+                Ok(()) => tracing::info!(address = %tested_addr, "address confirmed reachable"),
+                Err(e) => {
+                    tracing::debug!(address = %tested_addr, error = %e, "address not reachable")
+                }
+            },
             _ => {}
+        }
+    }
+
+    fn identified(&mut self, peer: PeerId, info: identify::Info) {
+        tracing::debug!(%peer, agent = %info.agent_version, "identified");
+        let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
+        let addrs: Vec<Multiaddr> = info
+            .listen_addrs
+            .into_iter()
+            .filter(|a| !a.iter().any(|p| p == Protocol::P2pCircuit))
+            .take(crate::peerbook::MAX_ADDRS)
+            .collect();
+        if speaks_kad {
+            for addr in &addrs {
+                add_to_kad(&mut self.swarm, peer, addr.clone());
+            }
+        }
+        if !addrs.is_empty() {
+            let _ = self.news.try_send(SwarmNews::PeerReachable { peer, addrs });
+        }
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        self.metrics.record(&event);
+        if let gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } = event
+        {
+            let news = SwarmNews::Gossip {
+                id: message_id,
+                source: propagation_source,
+                topic: message.topic.into_string(),
+                data: message.data,
+            };
+            // Bounded: when validation lags, gossip waits, then the
+            // sync carries what was dropped.
+            if self.news.try_send(news).is_err() {
+                tracing::debug!("gossip validation queue full; message left unvalidated");
+            }
         }
     }
 }

@@ -130,6 +130,9 @@ async fn node(
         vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
     );
     config.peers = peers;
+    // The topology under test is the one the test builds.
+    config.mdns = false;
+    config.target_peers = 0;
     config.sync_interval = Duration::from_millis(300);
     (start(config, store.clone()).await.expect("starts"), store)
 }

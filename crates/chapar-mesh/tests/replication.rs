@@ -30,6 +30,9 @@ impl TestNode {
             vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
         );
         config.peers = peers;
+        // The topology under test is the one the test builds.
+        config.mdns = false;
+        config.target_peers = 0;
         config.sync_interval = Duration::from_millis(500);
         let handle = start(config, store.clone()).await.expect("node starts");
         Self {
@@ -167,6 +170,9 @@ async fn a_relay_restarted_mid_transfer_resumes_without_refetching() {
             vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
         );
         config.peers = peers;
+        // The topology under test is the one the test builds.
+        config.mdns = false;
+        config.target_peers = 0;
         config.sync_interval = Duration::from_millis(300);
         config.limits = chapar_mesh::Limits {
             per_peer_bytes: 4096,
@@ -227,9 +233,6 @@ async fn a_relay_restarted_mid_transfer_resumes_without_refetching() {
     }
     // Only what was missing at the restart was fetched: nothing twice.
     let r = store.record(id).await.expect("record");
-    let fetched = b
-        .stats()
-        .chunks_fetched
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let fetched = b.stats().chunks_fetched.get();
     assert_eq!(fetched, u64::from(r.known_chunks - record.held_chunks));
 }

@@ -49,3 +49,120 @@ pub async fn complete(store: &StoreHandle, id: BundleId) -> bool {
         .map(|r| r.complete())
         .unwrap_or(false)
 }
+
+/// The node's first listen address (with `/p2p/<peer id>`), waiting for
+/// the listener to come up.
+pub async fn listen_addr(node: &chapar_mesh::NodeHandle) -> libp2p::Multiaddr {
+    for _ in 0..100 {
+        if let Some(a) = node.listen_addrs().await.into_iter().next() {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("node never listened");
+}
+
+/// The IP and TCP port of a `/ip4/…/tcp/…` multiaddr.
+pub fn tcp_socket(addr: &libp2p::Multiaddr) -> std::net::SocketAddr {
+    use libp2p::multiaddr::Protocol;
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    match (ip, port) {
+        (Some(ip), Some(port)) => std::net::SocketAddr::new(ip, port),
+        _ => panic!("not a TCP address: {addr}"),
+    }
+}
+
+/// The multiaddr that reaches `peer` at a TCP `socket` (a proxy in front
+/// of it, say).
+pub fn tcp_multiaddr(socket: std::net::SocketAddr, peer: libp2p::PeerId) -> libp2p::Multiaddr {
+    use libp2p::multiaddr::Protocol;
+    let ip = match socket.ip() {
+        std::net::IpAddr::V4(a) => Protocol::Ip4(a),
+        std::net::IpAddr::V6(a) => Protocol::Ip6(a),
+    };
+    libp2p::Multiaddr::empty()
+        .with(ip)
+        .with(Protocol::Tcp(socket.port()))
+        .with(Protocol::P2p(peer))
+}
+
+/// A small bundle sealed in memory: its descriptor, every chunk, and the
+/// recipient's receipt secret (as the recipient would find it in its
+/// sealed header).
+pub struct TinyBundle {
+    /// The bundle id.
+    pub id: BundleId,
+    /// The descriptor's canonical bytes.
+    pub descriptor: Vec<u8>,
+    /// Every chunk (payload and index, data and parity).
+    pub chunks: Vec<(chapar_format::ChunkId, Vec<u8>)>,
+    /// The one recipient's receipt secret.
+    pub ack_secret: chapar_format::AckSecret,
+}
+
+#[derive(Default)]
+struct MemorySink(Vec<(chapar_format::ChunkId, Vec<u8>)>);
+
+impl chapar_format::ChunkSink for MemorySink {
+    fn put(&mut self, id: &chapar_format::ChunkId, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.push((*id, bytes.to_vec()));
+        Ok(())
+    }
+}
+
+/// Seals a few hundred bytes (distinct for each `tag`) to one fresh
+/// recipient, in memory: a real, valid bundle in a few milliseconds.
+pub fn tiny_bundle(tag: &str) -> TinyBundle {
+    let key = age::x25519::Identity::generate();
+    let mut opts = SealOptions::new(vec![key.to_public()]);
+    opts.geometry = Geometry {
+        chunk_size: 1024,
+        data_per_stripe: 2,
+        parity_per_stripe: 1,
+    };
+    let payload = format!("tiny bundle {tag}: {}", "x".repeat(200));
+    let (sealed, sink) =
+        chapar_bundle::seal_stream(&opts, MemorySink::default(), 1, 0, |out, _| {
+            out.write_all(payload.as_bytes())
+                .map_err(|source| chapar_bundle::BundleError::Io {
+                    path: PathBuf::from("<memory>"),
+                    source,
+                })
+        })
+        .expect("seal");
+    let header = chapar_bundle::find_header(&sealed.descriptor, &[key]).expect("header");
+    TinyBundle {
+        id: sealed.bundle_id,
+        descriptor: sealed.descriptor_bytes,
+        chunks: sink.0,
+        ack_secret: header.ack_secret,
+    }
+}
+
+/// Puts a bundle's descriptor and all its chunks into `store` (chunks are
+/// taken only once the index naming them is known, so a few rounds).
+pub async fn hold_completely(store: &StoreHandle, bundle: &TinyBundle, role: chapar_store::Role) {
+    store
+        .add_bundle(bundle.descriptor.clone(), role)
+        .await
+        .expect("add bundle");
+    for _ in 0..4 {
+        if complete(store, bundle.id).await {
+            return;
+        }
+        store
+            .put_chunks(bundle.chunks.clone())
+            .await
+            .expect("put chunks");
+    }
+    assert!(complete(store, bundle.id).await, "bundle not complete");
+}

@@ -1,0 +1,498 @@
+//! The replicator: keeps each connected peer's inventory fresh, validates
+//! gossip, and fetches what this node lacks from whoever holds it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chapar_format::{BundleId, ChunkId, Descriptor};
+use chapar_store::{Role, StoreError, StoreHandle};
+use chapar_wire::{ReceiptMessage, CHUNK_PROTOCOL, DESCRIPTOR_TOPIC, RECEIPT_TOPIC, SYNC_PROTOCOL};
+use libp2p::gossipsub::MessageAcceptance;
+use libp2p::{PeerId, StreamProtocol};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::framing::FrameError;
+use crate::gate::{expiry_is_sane, DescriptorGate};
+use crate::metrics::NodeStats;
+use crate::peerbook::PeerRecord;
+use crate::plan::{plan, Holding, Limits, Want};
+use crate::protocols::{fetch_chunks, sync_out, Fetched, PeerFault};
+use crate::serve::report_fault;
+use crate::swarm::{Command, SwarmNews};
+
+/// Bytes asked for in one chunk stream. Several smaller streams per peer
+/// keep the link busy while an earlier batch is being written to disk.
+const BATCH_BYTES: u64 = 2 * 1024 * 1024;
+/// How often a peer's entry in the peer book is rewritten while it stays.
+const PEERBOOK_REFRESH: Duration = Duration::from_secs(600);
+
+/// What the replicator hears from the tasks it starts.
+enum Outcome {
+    Synced(PeerId, Result<chapar_wire::Inventory, PeerFault>),
+    Fetched(PeerId, Vec<ChunkId>, u64, Result<Fetched, PeerFault>),
+}
+
+struct PeerState {
+    holdings: HashMap<BundleId, Holding>,
+    last_sync: Option<Instant>,
+    syncing: bool,
+}
+
+/// The descriptor fields planning needs, decoded once per bundle.
+#[derive(Clone, Copy)]
+struct BundleMeta {
+    priority: u8,
+    expires_at: u64,
+    chunk_size: u32,
+}
+
+/// Decides what to sync and fetch, and from whom.
+pub(crate) struct Replicator {
+    pub(crate) store: StoreHandle,
+    pub(crate) control: libp2p_stream::Control,
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) sync_interval: Duration,
+    pub(crate) limits: Limits,
+    pub(crate) ban_for: Duration,
+    pub(crate) gate: Arc<DescriptorGate>,
+    pub(crate) stats: NodeStats,
+}
+
+/// The replicator's working state.
+#[derive(Default)]
+struct Books {
+    peers: HashMap<PeerId, PeerState>,
+    in_flight: HashSet<ChunkId>,
+    in_flight_bytes: HashMap<PeerId, u64>,
+    /// (peer, chunk) pairs a peer said it does not hold.
+    not_there: HashSet<(PeerId, ChunkId)>,
+    /// Bundles already reported complete.
+    completed: HashSet<BundleId>,
+    meta: HashMap<BundleId, BundleMeta>,
+    peerbook_written: HashMap<PeerId, Instant>,
+}
+
+/// Opens a stream, giving up after 30 s (libp2p sets no limit).
+async fn open_stream(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    protocol: &'static str,
+) -> Result<libp2p::Stream, PeerFault> {
+    let failed = |e: String| PeerFault::Frame(FrameError::Io(std::io::Error::other(e)));
+    match tokio::time::timeout(
+        Duration::from_secs(30),
+        control.open_stream(peer, StreamProtocol::new(protocol)),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(_) => Err(failed("timed out opening a stream".into())),
+    }
+}
+
+impl Replicator {
+    pub(crate) async fn run(
+        self,
+        mut news: mpsc::Receiver<SwarmNews>,
+        mut inventories: mpsc::Receiver<(PeerId, chapar_wire::Inventory)>,
+    ) {
+        let (done_tx, mut done) = mpsc::channel::<Outcome>(256);
+        let mut books = Books::default();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                n = news.recv() => match n {
+                    None => break,
+                    Some(n) => self.on_news(n, &mut books).await,
+                },
+                Some((peer, inventory)) = inventories.recv() => learn(&mut books, peer, &inventory),
+                Some(outcome) = done.recv() => {
+                    let fetched = matches!(outcome, Outcome::Fetched(..));
+                    self.on_outcome(outcome, &mut books).await;
+                    if fetched {
+                        // Refill the pipeline now rather than at the next tick.
+                        self.start_fetches(&mut books, &done_tx).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.start_syncs(&mut books, &done_tx);
+                    self.start_fetches(&mut books, &done_tx).await;
+                }
+            }
+        }
+    }
+
+    async fn on_news(&self, news: SwarmNews, books: &mut Books) {
+        match news {
+            SwarmNews::PeerUp(peer) => {
+                books.peers.insert(
+                    peer,
+                    PeerState {
+                        holdings: HashMap::new(),
+                        last_sync: None,
+                        syncing: false,
+                    },
+                );
+            }
+            SwarmNews::PeerDown(peer) => {
+                books.peers.remove(&peer);
+                books.not_there.retain(|(p, _)| *p != peer);
+            }
+            SwarmNews::PeerReachable { peer, addrs } => self.remember(peer, addrs, books).await,
+            SwarmNews::Gossip {
+                id,
+                source,
+                topic,
+                data,
+            } => {
+                let acceptance = self.validate_gossip(source, &topic, data).await;
+                let _ = self
+                    .commands
+                    .send(Command::Validate {
+                        id,
+                        source,
+                        acceptance,
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Writes where a peer was reached to the peer book, at most every
+    /// [`PEERBOOK_REFRESH`] per peer (each write is a durable commit).
+    async fn remember(&self, peer: PeerId, addrs: Vec<libp2p::Multiaddr>, books: &mut Books) {
+        if books
+            .peerbook_written
+            .get(&peer)
+            .is_some_and(|t| t.elapsed() < PEERBOOK_REFRESH)
+        {
+            return;
+        }
+        books.peerbook_written.insert(peer, Instant::now());
+        let result = self
+            .store
+            .call(move |s| {
+                let record = PeerRecord {
+                    last_seen: s.now(),
+                    addrs,
+                };
+                s.put_peer(&peer.to_bytes(), &record.encode())
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(%peer, error = %e, "could not write the peer book");
+        }
+    }
+
+    async fn validate_gossip(
+        &self,
+        source: PeerId,
+        topic: &str,
+        data: Vec<u8>,
+    ) -> MessageAcceptance {
+        match topic {
+            DESCRIPTOR_TOPIC => self.validate_descriptor(source, data).await,
+            RECEIPT_TOPIC => match ReceiptMessage::decode(&data) {
+                Err(_) => MessageAcceptance::Reject,
+                Ok(r) => match self.store.add_receipt(r.bundle, r.secret).await {
+                    Ok(_) => MessageAcceptance::Accept,
+                    Err(StoreError::WrongPreimage { .. }) => MessageAcceptance::Reject,
+                    Err(_) => MessageAcceptance::Ignore,
+                },
+            },
+            _ => MessageAcceptance::Reject,
+        }
+    }
+
+    async fn validate_descriptor(&self, source: PeerId, data: Vec<u8>) -> MessageAcceptance {
+        let Ok(descriptor) = Descriptor::decode(&data) else {
+            return MessageAcceptance::Reject;
+        };
+        let now = self.store.call(|s| Ok(s.now())).await.unwrap_or(0);
+        if descriptor.expires_at > now + crate::gate::MAX_LIFETIME.as_secs() {
+            return MessageAcceptance::Reject;
+        }
+        if !expiry_is_sane(&descriptor, now) {
+            // Expired here; perhaps not by the clock of the peer that sent it.
+            return MessageAcceptance::Ignore;
+        }
+        if self.store.record(BundleId::of(&data)).await.is_ok() {
+            return MessageAcceptance::Accept;
+        }
+        if !self.gate.admit(source) {
+            tracing::debug!(peer = %source, "descriptor refused by the flood cap");
+            return MessageAcceptance::Ignore;
+        }
+        match self.store.add_bundle(data, Role::Relaying).await {
+            Ok(_) => MessageAcceptance::Accept,
+            Err(_) => MessageAcceptance::Ignore,
+        }
+    }
+
+    fn start_syncs(&self, books: &mut Books, done: &mpsc::Sender<Outcome>) {
+        for (peer, state) in books.peers.iter_mut() {
+            let due = state
+                .last_sync
+                .is_none_or(|t| t.elapsed() >= self.sync_interval);
+            if !due || state.syncing {
+                continue;
+            }
+            state.syncing = true;
+            let (peer, store, mut control, done, gate) = (
+                *peer,
+                self.store.clone(),
+                self.control.clone(),
+                done.clone(),
+                self.gate.clone(),
+            );
+            tokio::spawn(async move {
+                let result = match open_stream(&mut control, peer, SYNC_PROTOCOL).await {
+                    Ok(stream) => sync_out(&store, stream, peer, &gate)
+                        .await
+                        .map(|r| r.inventory),
+                    Err(e) => Err(e),
+                };
+                let _ = done.send(Outcome::Synced(peer, result)).await;
+            });
+        }
+    }
+
+    /// What this node lacks, bundle by bundle; also refreshes the gauges.
+    async fn wants(&self, books: &mut Books) -> Vec<Want> {
+        let known: HashSet<BundleId> = books.meta.keys().copied().collect();
+        let scan = self
+            .store
+            .call(move |s| {
+                let mut held_chunks = 0u64;
+                let mut complete = 0usize;
+                let mut incomplete = Vec::new();
+                let mut fresh = Vec::new();
+                let bundles = s.bundles()?;
+                for b in &bundles {
+                    held_chunks += u64::from(b.record.held_chunks);
+                    if b.record.complete() {
+                        complete += 1;
+                        continue;
+                    }
+                    if !known.contains(&b.id) {
+                        fresh.push((b.id, Descriptor::decode(&s.descriptor(&b.id)?)?));
+                    }
+                    incomplete.push((b.id, s.missing_chunks(&b.id)?));
+                }
+                Ok((bundles.len(), complete, held_chunks, incomplete, fresh))
+            })
+            .await;
+        let Ok((count, complete, held_chunks, incomplete, fresh)) = scan else {
+            return Vec::new();
+        };
+        for (id, d) in fresh {
+            books.meta.insert(
+                id,
+                BundleMeta {
+                    priority: d.priority,
+                    expires_at: d.expires_at,
+                    chunk_size: d.geometry.chunk_size,
+                },
+            );
+        }
+        self.gate.known_bundles.store(count, Ordering::Relaxed);
+        self.stats.bundles.set(count as i64);
+        self.stats.bundles_complete.set(complete as i64);
+        self.stats.chunks_held.set(held_chunks as i64);
+        let lag: usize = incomplete.iter().map(|(_, m)| m.len()).sum();
+        self.stats.replication_lag_chunks.set(lag as i64);
+        let wants: Vec<Want> = incomplete
+            .into_iter()
+            .filter_map(|(bundle, missing)| {
+                let m = books.meta.get(&bundle)?;
+                Some(Want {
+                    bundle,
+                    priority: m.priority,
+                    expires_at: m.expires_at,
+                    missing,
+                    chunk_size: m.chunk_size,
+                })
+            })
+            .collect();
+        let live: HashSet<BundleId> = wants.iter().map(|w| w.bundle).collect();
+        books.meta.retain(|id, _| live.contains(id));
+        wants
+    }
+
+    async fn start_fetches(&self, books: &mut Books, done: &mpsc::Sender<Outcome>) {
+        if books.peers.values().all(|p| p.holdings.is_empty()) {
+            return;
+        }
+        let mut wants = self.wants(books).await;
+        if wants.is_empty() {
+            return;
+        }
+        let holdings: HashMap<PeerId, HashMap<BundleId, Holding>> = books
+            .peers
+            .iter()
+            .map(|(p, s)| (*p, s.holdings.clone()))
+            .collect();
+        // A chunk every holder said it lacks waits for a fresh inventory.
+        for w in &mut wants {
+            w.missing.retain(|c| {
+                holdings
+                    .iter()
+                    .any(|(p, h)| h.contains_key(&w.bundle) && !books.not_there.contains(&(*p, *c)))
+            });
+        }
+        let requests = plan(
+            &wants,
+            &holdings,
+            &books.in_flight,
+            &books.in_flight_bytes,
+            &books.not_there,
+            self.limits,
+        );
+        let chunk_size: HashMap<ChunkId, u64> = wants
+            .iter()
+            .flat_map(|w| w.missing.iter().map(move |c| (*c, u64::from(w.chunk_size))))
+            .collect();
+        for (peer, ids) in requests {
+            for (batch, bytes) in batches(&ids, &chunk_size) {
+                books.in_flight.extend(batch.iter().copied());
+                *books.in_flight_bytes.entry(peer).or_default() += bytes;
+                let (store, mut control, done) =
+                    (self.store.clone(), self.control.clone(), done.clone());
+                tokio::spawn(async move {
+                    let result = match open_stream(&mut control, peer, CHUNK_PROTOCOL).await {
+                        Ok(stream) => fetch_chunks(&store, stream, batch.clone()).await,
+                        Err(e) => Err(e),
+                    };
+                    let _ = done
+                        .send(Outcome::Fetched(peer, batch, bytes, result))
+                        .await;
+                });
+            }
+        }
+    }
+
+    /// Logs each bundle once, when this node comes to hold all of it.
+    async fn report_completions(&self, books: &mut Books) {
+        let complete: Vec<BundleId> = self
+            .store
+            .call(|s| {
+                Ok(s.bundles()?
+                    .into_iter()
+                    .filter(|b| b.record.complete())
+                    .map(|b| b.id)
+                    .collect())
+            })
+            .await
+            .unwrap_or_default();
+        for id in complete {
+            if books.completed.insert(id) {
+                tracing::info!(bundle = %id, "bundle complete");
+            }
+        }
+    }
+
+    async fn on_outcome(&self, outcome: Outcome, books: &mut Books) {
+        match outcome {
+            Outcome::Synced(peer, result) => {
+                if let Some(state) = books.peers.get_mut(&peer) {
+                    state.syncing = false;
+                    state.last_sync = Some(Instant::now());
+                }
+                match result {
+                    Ok(inv) => learn(books, peer, &inv),
+                    Err(fault) => report_fault(&self.commands, peer, &fault, self.ban_for).await,
+                }
+            }
+            Outcome::Fetched(peer, batch, bytes, result) => {
+                for c in &batch {
+                    books.in_flight.remove(c);
+                }
+                if let Some(b) = books.in_flight_bytes.get_mut(&peer) {
+                    *b = b.saturating_sub(bytes);
+                }
+                match result {
+                    Ok(fetched) => {
+                        tracing::debug!(%peer, stored = fetched.stored.len(), bytes = fetched.bytes, "fetched chunks");
+                        books
+                            .not_there
+                            .extend(fetched.missing.into_iter().map(|c| (peer, c)));
+                        self.stats.chunks_fetched.inc_by(fetched.received as u64);
+                        self.stats.bytes_fetched.inc_by(fetched.bytes);
+                        if !fetched.stored.is_empty() {
+                            self.report_completions(books).await;
+                        }
+                    }
+                    Err(fault) => {
+                        if fault.is_misbehaviour() {
+                            books.peers.remove(&peer);
+                        }
+                        report_fault(&self.commands, peer, &fault, self.ban_for).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits one peer's request into streams of at most [`BATCH_BYTES`] (and
+/// the protocol's id limit); returns each batch with its reserved bytes.
+fn batches(ids: &[ChunkId], chunk_size: &HashMap<ChunkId, u64>) -> Vec<(Vec<ChunkId>, u64)> {
+    let mut out: Vec<(Vec<ChunkId>, u64)> = Vec::new();
+    for id in ids {
+        let size = chunk_size.get(id).copied().unwrap_or(0);
+        match out.last_mut() {
+            Some((batch, bytes))
+                if *bytes + size <= BATCH_BYTES
+                    && batch.len() < chapar_wire::MAX_CHUNKS_PER_REQUEST =>
+            {
+                batch.push(*id);
+                *bytes += size;
+            }
+            _ => out.push((vec![*id], size)),
+        }
+    }
+    out
+}
+
+fn learn(books: &mut Books, peer: PeerId, inventory: &chapar_wire::Inventory) {
+    if let Some(state) = books.peers.get_mut(&peer) {
+        state.holdings = inventory
+            .bundles
+            .iter()
+            .filter(|e| e.held > 0)
+            .map(|e| {
+                let h = if e.complete {
+                    Holding::Complete
+                } else {
+                    Holding::Partial
+                };
+                (e.bundle, h)
+            })
+            .collect();
+        // What it said it lacked may have arrived since.
+        books.not_there.retain(|(p, _)| *p != peer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_the_byte_budget() {
+        let ids: Vec<ChunkId> = (0..7u8).map(|i| ChunkId::of(&[i])).collect();
+        let sizes: HashMap<ChunkId, u64> = ids.iter().map(|c| (*c, 1024 * 1024)).collect();
+        let out = batches(&ids, &sizes);
+        assert_eq!(
+            out.iter().map(|(b, _)| b.len()).collect::<Vec<_>>(),
+            vec![2, 2, 2, 1]
+        );
+        assert!(out.iter().all(|(_, bytes)| *bytes <= BATCH_BYTES));
+        let small: HashMap<ChunkId, u64> = ids.iter().map(|c| (*c, 4096)).collect();
+        assert_eq!(batches(&ids, &small).len(), 1);
+    }
+}
