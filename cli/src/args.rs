@@ -44,6 +44,12 @@ pub enum Command {
     Status(StatusArgs),
     /// Re-verify every stored chunk and the bookkeeping; --repair fixes what it finds.
     Fsck(FsckArgs),
+    /// Seal files for recipients and hand them to the mesh; without files,
+    /// resume sending what was sealed before.
+    Send(SendArgs),
+    /// Receive the bundles addressed to your keys, open them, and send
+    /// receipts back.
+    Receive(ReceiveArgs),
 }
 
 /// Environment variable naming the data directory.
@@ -135,9 +141,9 @@ pub struct KeygenArgs {
     pub output: PathBuf,
 }
 
-/// `chapar seal`
+/// How to seal: recipients, note, priority, lifetime, geometry.
 #[derive(Debug, Args)]
-pub struct SealArgs {
+pub struct SealingArgs {
     /// A recipient's public key (age1…). Repeat for several recipients.
     #[arg(short = 'r', long = "recipient", value_name = "RECIPIENT")]
     pub recipients: Vec<String>,
@@ -166,6 +172,13 @@ pub struct SealArgs {
     /// chunks of every stripe may be lost.
     #[arg(long, default_value_t = chapar_format::DEFAULT_PARITY_PER_STRIPE)]
     pub parity: u8,
+}
+
+/// `chapar seal`
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    #[command(flatten)]
+    pub sealing: SealingArgs,
 
     /// The bundle folder to create (must not exist, or be empty).
     #[arg(short, long, value_name = "BUNDLE_DIR")]
@@ -174,6 +187,106 @@ pub struct SealArgs {
     /// Files and folders to seal.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+}
+
+/// How a node reaches the mesh.
+#[derive(Debug, Args)]
+pub struct NetArgs {
+    /// A relay to connect to, with /p2p/<id> (repeatable). Relays met
+    /// before are remembered in the data directory.
+    #[arg(long = "peer", value_name = "MULTIADDR")]
+    pub peers: Vec<libp2p::Multiaddr>,
+
+    /// Address to listen on (repeatable) [default: /ip4/0.0.0.0/tcp/0].
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<libp2p::Multiaddr>,
+
+    /// Do not discover or announce this machine on the local network (mDNS).
+    #[arg(long)]
+    pub no_mdns: bool,
+
+    /// How often inventories are re-synced with each peer.
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    pub sync_interval: humantime::Duration,
+
+    /// How progress is shown: bars (on a terminal), lines (plain text),
+    /// json (one JSON object per line on stderr), or quiet.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// Bars on a terminal, lines otherwise.
+    Auto,
+    /// Progress bars.
+    Bars,
+    /// A plain line at each change.
+    Lines,
+    /// One JSON object per line (on stderr).
+    Json,
+    /// Nothing until the end.
+    Quiet,
+}
+
+/// When `chapar send` is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Until {
+    /// Every chunk has left this machine at least once.
+    HandedOff,
+    /// At least --replicas connected relays hold the whole bundle.
+    Replicated,
+    /// Every recipient has opened it (their receipts came back).
+    Delivered,
+}
+
+/// `chapar send`
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub data: DataDirArg,
+
+    #[command(flatten)]
+    pub sealing: SealingArgs,
+
+    #[command(flatten)]
+    pub net: NetArgs,
+
+    /// When to stop.
+    #[arg(long, value_enum, default_value = "replicated")]
+    pub until: Until,
+
+    /// Relays that must hold the whole bundle for --until replicated.
+    #[arg(long, default_value_t = 2)]
+    pub replicas: usize,
+
+    /// Files and folders to seal and send. Without any, resume sending
+    /// the bundles sealed in this data directory that are not done yet.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// `chapar receive`
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    #[command(flatten)]
+    pub data: DataDirArg,
+
+    #[command(flatten)]
+    pub net: NetArgs,
+
+    /// Identity file(s) to receive with (as age-keygen writes them).
+    #[arg(short, long = "identity", value_name = "IDENTITY", required = true)]
+    pub identities: Vec<PathBuf>,
+
+    /// Folder to open bundles into, one subfolder per bundle id.
+    #[arg(short, long, value_name = "OUT_DIR")]
+    pub output: PathBuf,
+
+    /// Exit after the first bundle is opened.
+    #[arg(long)]
+    pub once: bool,
 }
 
 /// `chapar open`

@@ -9,7 +9,9 @@ use chapar_bundle::{BundleFolder, SealOptions};
 use chapar_format::{ChunkSource, Descriptor, Geometry, HeaderContents, DEFAULT_DATA_PER_STRIPE};
 use serde_json::{json, Value};
 
-use crate::args::{Command, InspectArgs, KeygenArgs, OpenArgs, ReassembleArgs, SealArgs};
+use crate::args::{
+    Command, InspectArgs, KeygenArgs, OpenArgs, ReassembleArgs, SealArgs, SealingArgs,
+};
 
 /// What a command has to say: text for people, one JSON object for scripts.
 pub struct Report {
@@ -29,6 +31,8 @@ pub fn run(command: Command) -> Result<Report> {
         Command::Export(a) => crate::store_commands::export(a),
         Command::Status(a) => crate::store_commands::status(a),
         Command::Fsck(a) => crate::store_commands::fsck(a),
+        Command::Send(a) => crate::send::send(a),
+        Command::Receive(a) => crate::receive::receive(a),
     }
 }
 
@@ -44,7 +48,7 @@ fn keygen(a: KeygenArgs) -> Result<Report> {
     })
 }
 
-fn load_identities(paths: &[PathBuf]) -> Result<Vec<age::x25519::Identity>> {
+pub fn load_identities(paths: &[PathBuf]) -> Result<Vec<age::x25519::Identity>> {
     let mut all = Vec::new();
     for path in paths {
         all.extend(keys::load_identities(path)?);
@@ -52,7 +56,8 @@ fn load_identities(paths: &[PathBuf]) -> Result<Vec<age::x25519::Identity>> {
     Ok(all)
 }
 
-fn seal(a: SealArgs) -> Result<Report> {
+/// The sealing options the flags describe.
+pub fn seal_options(a: &SealingArgs) -> Result<SealOptions> {
     let mut recipients = a
         .recipients
         .iter()
@@ -66,9 +71,9 @@ fn seal(a: SealArgs) -> Result<Report> {
     }
     let chunk_size = u32::try_from(a.chunk_size.as_u64())
         .with_context(|| format!("chunk size {} is too large", a.chunk_size))?;
-    let opts = SealOptions {
+    Ok(SealOptions {
         recipients,
-        note: a.note,
+        note: a.note.clone(),
         priority: a.priority,
         expires_in: a.expires.into(),
         geometry: Geometry {
@@ -76,7 +81,11 @@ fn seal(a: SealArgs) -> Result<Report> {
             data_per_stripe: DEFAULT_DATA_PER_STRIPE,
             parity_per_stripe: a.parity,
         },
-    };
+    })
+}
+
+fn seal(a: SealArgs) -> Result<Report> {
+    let opts = seal_options(&a.sealing)?;
     let sealed = chapar_bundle::seal_to_folder(&a.paths, &opts, &a.output)?;
     let d = &sealed.descriptor;
     let layout = d.payload_layout()?;

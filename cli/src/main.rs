@@ -6,6 +6,10 @@
 
 mod args;
 mod commands;
+mod net;
+mod progress;
+mod receive;
+mod send;
 mod store_commands;
 
 use std::io::Write;

@@ -12,7 +12,7 @@ use crate::args::{DataDirArg, ExportArgs, FsckArgs, ImportArgs, RoleArg, StatusA
 use crate::commands::Report;
 
 /// The data directory: `--data-dir`, `CHAPAR_DATA_DIR`, or the platform default.
-fn data_dir(arg: &DataDirArg) -> Result<PathBuf> {
+pub(crate) fn data_dir(arg: &DataDirArg) -> Result<PathBuf> {
     if let Some(dir) = &arg.data_dir {
         return Ok(dir.clone());
     }

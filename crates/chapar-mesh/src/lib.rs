@@ -21,6 +21,7 @@ pub mod plan;
 mod protocols;
 pub mod ratelimit;
 mod replicator;
+pub mod seed;
 mod serve;
 mod swarm;
 
@@ -28,6 +29,7 @@ pub use behaviour::{ConnectionCaps, RelayLimits};
 pub use gate::MAX_LIFETIME;
 pub use keyfile::{load_or_create_node_key, NODE_KEY_FILE};
 pub use metrics::{serve_metrics, NodeStats};
-pub use node::{start, MeshError, NodeConfig, NodeHandle};
-pub use plan::Limits;
+pub use node::{start, MeshError, NodeConfig, NodeHandle, PeerHolding};
+pub use plan::{Holding, Limits};
 pub use ratelimit::Rate;
+pub use replicator::Fetch;

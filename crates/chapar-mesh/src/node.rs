@@ -2,9 +2,10 @@
 //! the protocol servers and the replicator), and the handle the rest of
 //! the program holds.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chapar_format::BundleId;
 use chapar_store::StoreHandle;
 use chapar_wire::{ReceiptMessage, CHUNK_PROTOCOL, DESCRIPTOR_TOPIC, RECEIPT_TOPIC, SYNC_PROTOCOL};
 use libp2p::gossipsub::IdentTopic;
@@ -16,9 +17,11 @@ use crate::behaviour::{Behaviour, ConnectionCaps, Options, RelayLimits};
 use crate::gate::DescriptorGate;
 use crate::metrics::{render, NodeStats};
 use crate::peerbook::PeerRecord;
+use crate::plan::Holding;
 use crate::plan::Limits;
 use crate::ratelimit::Rate;
-use crate::replicator::Replicator;
+use crate::replicator::{Fetch, PeerHoldings, Replicator};
+use crate::seed::Seeder;
 use crate::serve::{Servers, StreamPermits};
 use crate::swarm::{peer_of, Command, SwarmTask, CONFIGURED_MAX_BACKOFF, REMEMBERED_MAX_BACKOFF};
 
@@ -60,6 +63,8 @@ pub struct NodeConfig {
     pub max_bundles: usize,
     /// A QUIC connection silent for this long is dropped.
     pub quic_idle_timeout: Duration,
+    /// Which bundles this node fetches chunks of.
+    pub fetch: Fetch,
     /// Offer the addresses we listen on as this node's external addresses
     /// (in relay reservations, to AutoNAT) without waiting for AutoNAT to
     /// confirm them, which it never does for LAN addresses.
@@ -91,6 +96,7 @@ impl NodeConfig {
             max_bundles: 20_000,
             quic_idle_timeout: Duration::from_secs(60),
             advertise_listen_addrs: true,
+            fetch: Fetch::All,
         }
     }
 }
@@ -103,6 +109,17 @@ pub enum MeshError {
     Libp2p(String),
 }
 
+/// What one connected peer holds of a bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerHolding {
+    /// The peer.
+    pub peer: PeerId,
+    /// Whether it holds every chunk.
+    pub complete: bool,
+    /// Chunks it holds.
+    pub chunks: u32,
+}
+
 /// The handle to a running node.
 #[derive(Debug, Clone)]
 pub struct NodeHandle {
@@ -110,6 +127,8 @@ pub struct NodeHandle {
     peer_id: PeerId,
     stats: NodeStats,
     registry: Arc<Registry>,
+    seeder: Arc<Mutex<Seeder>>,
+    holdings: Arc<Mutex<PeerHoldings>>,
 }
 
 impl NodeHandle {
@@ -126,6 +145,32 @@ impl NodeHandle {
     /// Every metric (libp2p's and the node's) in the OpenMetrics text format.
     pub fn metrics_text(&self) -> String {
         render(&self.registry)
+    }
+
+    /// Of a bundle sealed here: (distinct chunks that have left this node,
+    /// chunks in all). `None` for other bundles, or before the node has
+    /// looked at it (within a fraction of a second of starting).
+    pub fn handed_off(&self, bundle: &BundleId) -> Option<(usize, usize)> {
+        self.seeder.lock().ok()?.handed_off(bundle)
+    }
+
+    /// The connected peers that hold some or all of a bundle, as their
+    /// last inventory said.
+    pub fn holders(&self, bundle: &BundleId) -> Vec<PeerHolding> {
+        let Ok(holdings) = self.holdings.lock() else {
+            return Vec::new();
+        };
+        holdings
+            .iter()
+            .filter_map(|(peer, held)| {
+                let (holding, chunks) = held.get(bundle)?;
+                Some(PeerHolding {
+                    peer: *peer,
+                    complete: *holding == Holding::Complete,
+                    chunks: *chunks,
+                })
+            })
+            .collect()
     }
 
     pub(crate) fn registry(&self) -> Arc<Registry> {
@@ -320,11 +365,15 @@ pub async fn start(config: NodeConfig, store: StoreHandle) -> Result<NodeHandle,
         }
         .run(),
     );
+    let seeder = Arc::new(Mutex::new(Seeder::default()));
+    let holdings = Arc::new(Mutex::new(PeerHoldings::default()));
     let handle = NodeHandle {
         commands: command_tx.clone(),
         peer_id,
         stats: stats.clone(),
         registry: Arc::new(registry),
+        seeder: seeder.clone(),
+        holdings: holdings.clone(),
     };
     let servers = Servers {
         store: store.clone(),
@@ -335,6 +384,7 @@ pub async fn start(config: NodeConfig, store: StoreHandle) -> Result<NodeHandle,
             config.max_inbound_streams_per_peer,
         ),
         stats: stats.clone(),
+        seeder: seeder.clone(),
     };
     tokio::spawn(servers.clone().serve_sync(sync_incoming, inventory_tx));
     tokio::spawn(servers.serve_chunk_requests(chunk_incoming));
@@ -353,6 +403,9 @@ pub async fn start(config: NodeConfig, store: StoreHandle) -> Result<NodeHandle,
             ban_for: config.ban,
             gate: Arc::new(gate),
             stats,
+            fetch: config.fetch,
+            seeder,
+            holdings,
         }
         .run(news_rx, inventory_rx),
     );

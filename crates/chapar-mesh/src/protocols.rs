@@ -207,6 +207,7 @@ pub(crate) struct Served {
 pub(crate) async fn serve_chunks(
     store: &StoreHandle,
     mut stream: Stream,
+    seeder: &std::sync::Mutex<crate::seed::Seeder>,
 ) -> Result<Served, PeerFault> {
     let mut served = Served::default();
     while let Some(message) = next(&mut stream, MAX_REQUEST_FRAME).await? {
@@ -214,6 +215,13 @@ pub(crate) async fn serve_chunks(
             return Err(PeerFault::Unexpected);
         };
         for id in ids {
+            let allowed = seeder.lock().map(|mut s| s.allow(&id)).unwrap_or(true);
+            if !allowed {
+                write_message(&mut stream, &Message::ChunkMissing(id))
+                    .await
+                    .map_err(FrameError::from)?;
+                continue;
+            }
             let reply = match store.get_chunk(id).await {
                 Ok(Some(bytes)) => {
                     served.chunks += 1;

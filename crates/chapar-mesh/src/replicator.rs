@@ -20,6 +20,7 @@ use crate::metrics::NodeStats;
 use crate::peerbook::PeerRecord;
 use crate::plan::{plan, Holding, Limits, Want};
 use crate::protocols::{fetch_chunks, sync_out, Fetched, PeerFault};
+use crate::seed::Seeder;
 use crate::serve::report_fault;
 use crate::swarm::{Command, SwarmNews};
 
@@ -59,6 +60,36 @@ pub(crate) struct Replicator {
     pub(crate) ban_for: Duration,
     pub(crate) gate: Arc<DescriptorGate>,
     pub(crate) stats: NodeStats,
+    pub(crate) fetch: Fetch,
+    pub(crate) seeder: Arc<std::sync::Mutex<Seeder>>,
+    /// What each connected peer holds, for the node's handle.
+    pub(crate) holdings: Arc<std::sync::Mutex<PeerHoldings>>,
+}
+
+/// What each connected peer last said it holds: whether all of a
+/// bundle, and how many of its chunks.
+pub(crate) type PeerHoldings = HashMap<PeerId, HashMap<BundleId, (Holding, u32)>>;
+
+/// Which bundles a node fetches chunks of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// Every bundle it learns of (a relay).
+    All,
+    /// Only bundles addressed to this node's keys (marked `Receiving` in
+    /// the store by whoever holds the keys).
+    Receiving,
+    /// None (a sender that only hands off).
+    Nothing,
+}
+
+impl Fetch {
+    fn wants(self, role: Role) -> bool {
+        match self {
+            Fetch::All => true,
+            Fetch::Receiving => role == Role::Receiving,
+            Fetch::Nothing => false,
+        }
+    }
 }
 
 /// The replicator's working state.
@@ -109,7 +140,7 @@ impl Replicator {
                     None => break,
                     Some(n) => self.on_news(n, &mut books).await,
                 },
-                Some((peer, inventory)) = inventories.recv() => learn(&mut books, peer, &inventory),
+                Some((peer, inventory)) = inventories.recv() => self.learn(&mut books, peer, &inventory),
                 Some(outcome) = done.recv() => {
                     let fetched = matches!(outcome, Outcome::Fetched(..));
                     self.on_outcome(outcome, &mut books).await;
@@ -141,6 +172,9 @@ impl Replicator {
             SwarmNews::PeerDown(peer) => {
                 books.peers.remove(&peer);
                 books.not_there.retain(|(p, _)| *p != peer);
+                if let Ok(mut h) = self.holdings.lock() {
+                    h.remove(&peer);
+                }
             }
             SwarmNews::PeerReachable { peer, addrs } => self.remember(peer, addrs, books).await,
             SwarmNews::Gossip {
@@ -264,6 +298,8 @@ impl Replicator {
     /// What this node lacks, bundle by bundle; also refreshes the gauges.
     async fn wants(&self, books: &mut Books) -> Vec<Want> {
         let known: HashSet<BundleId> = books.meta.keys().copied().collect();
+        let fetch = self.fetch;
+        let seeder = self.seeder.clone();
         let scan = self
             .store
             .call(move |s| {
@@ -274,8 +310,14 @@ impl Replicator {
                 let bundles = s.bundles()?;
                 for b in &bundles {
                     held_chunks += u64::from(b.record.held_chunks);
+                    if b.record.role == Role::Sealed {
+                        track_sealed(s, &seeder, b)?;
+                    }
                     if b.record.complete() {
                         complete += 1;
+                        continue;
+                    }
+                    if !fetch.wants(b.record.role) {
                         continue;
                     }
                     if !known.contains(&b.id) {
@@ -375,6 +417,35 @@ impl Replicator {
         }
     }
 
+    fn learn(&self, books: &mut Books, peer: PeerId, inventory: &chapar_wire::Inventory) {
+        let Some(state) = books.peers.get_mut(&peer) else {
+            return;
+        };
+        state.holdings = inventory
+            .bundles
+            .iter()
+            .filter(|e| e.held > 0)
+            .map(|e| {
+                let h = if e.complete {
+                    Holding::Complete
+                } else {
+                    Holding::Partial
+                };
+                (e.bundle, h)
+            })
+            .collect();
+        let counted = inventory
+            .bundles
+            .iter()
+            .filter_map(|e| Some((e.bundle, (*state.holdings.get(&e.bundle)?, e.held))))
+            .collect();
+        if let Ok(mut h) = self.holdings.lock() {
+            h.insert(peer, counted);
+        }
+        // What it said it lacked may have arrived since.
+        books.not_there.retain(|(p, _)| *p != peer);
+    }
+
     /// Logs each bundle once, when this node comes to hold all of it.
     async fn report_completions(&self, books: &mut Books) {
         let complete: Vec<BundleId> = self
@@ -403,7 +474,7 @@ impl Replicator {
                     state.last_sync = Some(Instant::now());
                 }
                 match result {
-                    Ok(inv) => learn(books, peer, &inv),
+                    Ok(inv) => self.learn(books, peer, &inv),
                     Err(fault) => report_fault(&self.commands, peer, &fault, self.ban_for).await,
                 }
             }
@@ -438,6 +509,23 @@ impl Replicator {
     }
 }
 
+/// Lets the super-seeder know every chunk of a bundle sealed here.
+fn track_sealed(
+    store: &chapar_store::Store,
+    seeder: &std::sync::Mutex<Seeder>,
+    bundle: &chapar_store::BundleStatus,
+) -> Result<(), StoreError> {
+    let known = seeder.lock().map(|s| s.knows(&bundle.id)).unwrap_or(true);
+    if known || !bundle.record.index_known {
+        return Ok(());
+    }
+    let chunks = store.known_chunks(&bundle.id)?;
+    if let Ok(mut s) = seeder.lock() {
+        s.track(bundle.id, &chunks);
+    }
+    Ok(())
+}
+
 /// Splits one peer's request into streams of at most [`BATCH_BYTES`] (and
 /// the protocol's id limit); returns each batch with its reserved bytes.
 fn batches(ids: &[ChunkId], chunk_size: &HashMap<ChunkId, u64>) -> Vec<(Vec<ChunkId>, u64)> {
@@ -456,26 +544,6 @@ fn batches(ids: &[ChunkId], chunk_size: &HashMap<ChunkId, u64>) -> Vec<(Vec<Chun
         }
     }
     out
-}
-
-fn learn(books: &mut Books, peer: PeerId, inventory: &chapar_wire::Inventory) {
-    if let Some(state) = books.peers.get_mut(&peer) {
-        state.holdings = inventory
-            .bundles
-            .iter()
-            .filter(|e| e.held > 0)
-            .map(|e| {
-                let h = if e.complete {
-                    Holding::Complete
-                } else {
-                    Holding::Partial
-                };
-                (e.bundle, h)
-            })
-            .collect();
-        // What it said it lacked may have arrived since.
-        books.not_there.retain(|(p, _)| *p != peer);
-    }
 }
 
 #[cfg(test)]

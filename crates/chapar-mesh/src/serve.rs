@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::NodeStats;
 use crate::protocols::{serve_chunks, sync_in, PeerFault};
+use crate::seed::Seeder;
 use crate::swarm::Command;
 
 /// Slots for streams being served.
@@ -76,6 +77,7 @@ pub(crate) struct Servers {
     pub(crate) ban_for: Duration,
     pub(crate) permits: StreamPermits,
     pub(crate) stats: NodeStats,
+    pub(crate) seeder: Arc<Mutex<Seeder>>,
 }
 
 pub(crate) async fn report_fault(
@@ -124,7 +126,7 @@ impl Servers {
             };
             let this = self.clone();
             tokio::spawn(async move {
-                match serve_chunks(&this.store, stream).await {
+                match serve_chunks(&this.store, stream, &this.seeder).await {
                     Ok(served) => {
                         this.stats.chunks_served.inc_by(served.chunks);
                         this.stats.bytes_served.inc_by(served.bytes);

@@ -1,0 +1,201 @@
+//! `chapar send`: seal into this machine's store, then run a node that
+//! hands the bundles to the mesh until the `--until` stage is reached.
+//! Stopped at any point, a later `chapar send --data-dir DIR` (with no
+//! files) picks up the bundles sealed here that are not done yet.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use chapar_format::{BundleId, Descriptor};
+use chapar_mesh::{Fetch, NodeHandle};
+use chapar_store::{import_folder, Role, Store, StoreError, StoreHandle};
+use serde_json::json;
+
+use crate::args::{SendArgs, Until};
+use crate::commands::{seal_options, Report};
+use crate::net::{interrupted, progress_mode, runtime, start_node, TICK};
+use crate::progress::{Progress, SendStage};
+
+/// Seals `paths` into the store (through a folder beside it, removed
+/// afterwards) and returns the new bundle's id.
+fn seal_into_store(store: &Store, dir: &Path, a: &SendArgs) -> Result<(BundleId, u64, u64)> {
+    let opts = seal_options(&a.sealing)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let folder = dir.join(format!("sealing-{}-{nanos}", std::process::id()));
+    let sealed = chapar_bundle::seal_to_folder(&a.paths, &opts, &folder);
+    let imported = sealed
+        .as_ref()
+        .ok()
+        .map(|_| import_folder(store, &folder, Role::Sealed, |_| {}));
+    let _ = std::fs::remove_dir_all(&folder);
+    let sealed = sealed?;
+    let report = imported.context("import after sealing")??;
+    if !report.complete {
+        bail!("the sealed bundle is incomplete in the store (disk trouble?)");
+    }
+    Ok((sealed.bundle_id, sealed.file_count, sealed.total_size))
+}
+
+/// Bundles sealed here that are still in the store (not yet delivered to all).
+fn sealed_bundles(store: &Store) -> Result<Vec<BundleId>> {
+    Ok(store
+        .bundles()?
+        .into_iter()
+        .filter(|b| b.record.role == Role::Sealed)
+        .map(|b| b.id)
+        .collect())
+}
+
+/// Where one bundle stands.
+async fn stage_of(node: &NodeHandle, store: &StoreHandle, id: BundleId) -> SendStage {
+    let record = store.record(id).await;
+    let tombstoned = matches!(record, Err(StoreError::UnknownBundle { .. }))
+        && store
+            .call(move |s| s.is_tombstoned(&id))
+            .await
+            .unwrap_or(false);
+    let holders = node.holders(&id);
+    let (served, total) = node.handed_off(&id).unwrap_or((0, 0));
+    let total = match &record {
+        Ok(r) => r.known_chunks as usize,
+        Err(_) => total,
+    };
+    // A restart forgets what left in an earlier run; what peers hold
+    // tells the rest.
+    let in_mesh = holders.iter().map(|h| h.chunks as usize).max().unwrap_or(0);
+    let any_complete = holders.iter().any(|h| h.complete);
+    let handed_off = if any_complete || tombstoned {
+        total
+    } else {
+        served.max(in_mesh).min(total)
+    };
+    let (receipted, recipients) = match &record {
+        Ok(r) => (r.receipt_count() as usize, usize::from(r.recipients)),
+        Err(_) => (1, 1),
+    };
+    SendStage {
+        id,
+        total_chunks: total,
+        handed_off,
+        replicas: holders.iter().filter(|h| h.complete).count(),
+        receipted: if tombstoned { recipients } else { receipted },
+        recipients,
+    }
+}
+
+fn reached(stage: &SendStage, until: Until, replicas: usize) -> bool {
+    match until {
+        Until::HandedOff => stage.total_chunks > 0 && stage.handed_off >= stage.total_chunks,
+        Until::Replicated => stage.replicas >= replicas || stage.delivered(),
+        Until::Delivered => stage.delivered(),
+    }
+}
+
+pub fn send(a: SendArgs) -> Result<Report> {
+    let dir: PathBuf = crate::store_commands::data_dir(&a.data)?;
+    let store = Store::open(&dir)?;
+    store.collect_garbage(chapar_store::now())?;
+    let mut sealed_now = None;
+    if !a.paths.is_empty() {
+        sealed_now = Some(seal_into_store(&store, &dir, &a)?);
+    }
+    let bundles = match sealed_now {
+        Some((id, _, _)) => vec![id],
+        None => sealed_bundles(&store)?,
+    };
+    if bundles.is_empty() {
+        bail!(
+            "nothing to send: give files to seal, or a data directory with bundles sealed by an earlier `chapar send`"
+        );
+    }
+    let mode = progress_mode(a.net.progress);
+    let mut progress = Progress::new(mode, a.replicas);
+    if let Some((id, files, bytes)) = sealed_now {
+        progress.sealed(id, files, bytes);
+    }
+    let store = StoreHandle::new(store);
+    let rt = runtime()?;
+    let (stages, finished) = rt.block_on(async {
+        let node = start_node(&dir, store.clone(), &a.net, Fetch::Nothing).await?;
+        let mut announced = false;
+        let mut tick = tokio::time::interval(TICK);
+        let stop = interrupted();
+        tokio::pin!(stop);
+        let outcome = loop {
+            tokio::select! {
+                _ = &mut stop => break (current(&node, &store, &bundles).await, false),
+                _ = tick.tick() => {}
+            }
+            if !announced && !node.connected_peers().await.is_empty() {
+                announce(&node, &store, &bundles).await;
+                announced = true;
+            }
+            let stages = current(&node, &store, &bundles).await;
+            progress.update_send(&stages);
+            if stages.iter().all(|s| reached(s, a.until, a.replicas)) {
+                break (stages, true);
+            }
+        };
+        node.shutdown().await;
+        anyhow::Ok(outcome)
+    })?;
+    progress.finish();
+    report(&dir, &stages, finished, a.until)
+}
+
+async fn current(node: &NodeHandle, store: &StoreHandle, bundles: &[BundleId]) -> Vec<SendStage> {
+    let mut out = Vec::with_capacity(bundles.len());
+    for id in bundles {
+        out.push(stage_of(node, store, *id).await);
+    }
+    out
+}
+
+/// Gossips the descriptors once a peer is there to hear them (the sync
+/// carries them anyway; gossip reaches relays beyond the first hop sooner).
+async fn announce(node: &NodeHandle, store: &StoreHandle, bundles: &[BundleId]) {
+    for id in bundles {
+        let id = *id;
+        if let Ok(bytes) = store.call(move |s| s.descriptor(&id)).await {
+            if Descriptor::decode(&bytes).is_ok() {
+                node.announce(bytes).await;
+            }
+        }
+    }
+}
+
+fn report(dir: &Path, stages: &[SendStage], finished: bool, until: Until) -> Result<Report> {
+    let until_name = match until {
+        Until::HandedOff => "handed-off",
+        Until::Replicated => "replicated",
+        Until::Delivered => "delivered",
+    };
+    let mut stdout = String::new();
+    for s in stages {
+        stdout.push_str(&format!(
+            "{}  handed off {}/{} chunks, on {} relay(s) whole, receipts {}/{}\n",
+            s.id.to_hex(),
+            s.handed_off,
+            s.total_chunks,
+            s.replicas,
+            s.receipted,
+            s.recipients
+        ));
+    }
+    let stderr = if finished {
+        format!("done: every bundle is {until_name}\n")
+    } else {
+        format!(
+            "stopped before every bundle was {until_name}; run `chapar send --data-dir {}` to resume\n",
+            dir.display()
+        )
+    };
+    let bundles: Vec<_> = stages.iter().map(SendStage::to_json).collect();
+    Ok(Report {
+        stdout,
+        stderr,
+        json: json!({ "ok": finished, "until": until_name, "bundles": bundles }),
+    })
+}
