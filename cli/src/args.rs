@@ -50,6 +50,38 @@ pub enum Command {
     /// Receive the bundles addressed to your keys, open them, and send
     /// receipts back.
     Receive(ReceiveArgs),
+    /// Watch the whole path across a blackout on this machine: a sender,
+    /// relays, a gateway open only in short windows, a recipient.
+    Demo(DemoArgs),
+}
+
+/// `chapar demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Size of the sample evidence.
+    #[arg(long, value_name = "SIZE", default_value = "8MiB")]
+    pub size: bytesize::ByteSize,
+
+    /// How long the gateway's international link stays open each time.
+    #[arg(long, value_name = "DURATION", default_value = "3s")]
+    pub window: humantime::Duration,
+
+    /// How long it stays closed in between.
+    #[arg(long, value_name = "DURATION", default_value = "4s")]
+    pub closed: humantime::Duration,
+
+    /// The link's rate while open, each way.
+    #[arg(long, value_name = "SIZE", default_value = "2MiB")]
+    pub rate: bytesize::ByteSize,
+
+    /// Give up after this long.
+    #[arg(long, value_name = "DURATION", default_value = "110s")]
+    pub timeout: humantime::Duration,
+
+    /// Keep every node's data, the key and the opened files in this folder
+    /// (otherwise a temporary folder, removed at the end).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// Environment variable naming the data directory.

@@ -33,6 +33,7 @@ pub fn run(command: Command) -> Result<Report> {
         Command::Fsck(a) => crate::store_commands::fsck(a),
         Command::Send(a) => crate::send::send(a),
         Command::Receive(a) => crate::receive::receive(a),
+        Command::Demo(a) => crate::demo::demo(a),
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod args;
 mod commands;
+mod demo;
 mod net;
 mod progress;
 mod receive;

@@ -21,7 +21,7 @@ use crate::commands::Report;
 use crate::net::{interrupted, progress_mode, runtime, start_node, TICK};
 use crate::progress::Progress;
 
-type Identities = Arc<Vec<age::x25519::Identity>>;
+pub(crate) type Identities = Arc<Vec<age::x25519::Identity>>;
 
 /// The store as a chunk source for opening, owned so it can move to a
 /// blocking thread.
@@ -39,24 +39,24 @@ impl ChunkSource for StoreChunks {
 
 /// What the receiver keeps track of between looks at the store.
 #[derive(Default)]
-struct Inbox {
+pub(crate) struct Inbox {
     /// Not addressed to us (or unreadable): never looked at again.
     not_ours: HashSet<BundleId>,
     opened: HashSet<BundleId>,
-    opened_reports: Vec<Value>,
+    pub(crate) opened_reports: Vec<Value>,
 }
 
-struct Receiver {
-    store: StoreHandle,
-    node: NodeHandle,
-    identities: Identities,
-    out: PathBuf,
+pub(crate) struct Receiver {
+    pub(crate) store: StoreHandle,
+    pub(crate) node: NodeHandle,
+    pub(crate) identities: Identities,
+    pub(crate) out: PathBuf,
 }
 
 impl Receiver {
     /// One look at the store: mark newly found bundles as ours, open the
     /// ones now complete. Returns how many were opened.
-    async fn look(&self, inbox: &mut Inbox, progress: &mut Progress) -> Result<usize> {
+    pub(crate) async fn look(&self, inbox: &mut Inbox, progress: &mut Progress) -> Result<usize> {
         let bundles = self.store.call(|s| s.bundles()).await?;
         let mut opened = 0;
         for b in bundles {

@@ -18,13 +18,17 @@ use crate::progress::{Progress, SendStage};
 
 /// Seals `paths` into the store (through a folder beside it, removed
 /// afterwards) and returns the new bundle's id.
-fn seal_into_store(store: &Store, dir: &Path, a: &SendArgs) -> Result<(BundleId, u64, u64)> {
-    let opts = seal_options(&a.sealing)?;
+pub(crate) fn seal_into_store(
+    store: &Store,
+    dir: &Path,
+    opts: &chapar_bundle::SealOptions,
+    paths: &[PathBuf],
+) -> Result<(BundleId, u64, u64)> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let folder = dir.join(format!("sealing-{}-{nanos}", std::process::id()));
-    let sealed = chapar_bundle::seal_to_folder(&a.paths, &opts, &folder);
+    let sealed = chapar_bundle::seal_to_folder(paths, opts, &folder);
     let imported = sealed
         .as_ref()
         .ok()
@@ -49,7 +53,7 @@ fn sealed_bundles(store: &Store) -> Result<Vec<BundleId>> {
 }
 
 /// Where one bundle stands.
-async fn stage_of(node: &NodeHandle, store: &StoreHandle, id: BundleId) -> SendStage {
+pub(crate) async fn stage_of(node: &NodeHandle, store: &StoreHandle, id: BundleId) -> SendStage {
     let record = store.record(id).await;
     let tombstoned = matches!(record, Err(StoreError::UnknownBundle { .. }))
         && store
@@ -99,7 +103,12 @@ pub fn send(a: SendArgs) -> Result<Report> {
     store.collect_garbage(chapar_store::now())?;
     let mut sealed_now = None;
     if !a.paths.is_empty() {
-        sealed_now = Some(seal_into_store(&store, &dir, &a)?);
+        sealed_now = Some(seal_into_store(
+            &store,
+            &dir,
+            &seal_options(&a.sealing)?,
+            &a.paths,
+        )?);
     }
     let bundles = match sealed_now {
         Some((id, _, _)) => vec![id],

@@ -61,6 +61,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_mdns: bool,
 
+    /// This relay's uplink is the scarce link (a gateway on a satellite
+    /// window): send each chunk out once before any twice, and let the
+    /// far side share it among itself.
+    #[arg(long)]
+    pub scarce_uplink: bool,
+
     /// More log output (-v debug). `CHAPAR_LOG` takes a full filter.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -79,6 +85,7 @@ pub struct ConfigFile {
     pub metrics: Option<SocketAddr>,
     pub mdns: Option<bool>,
     pub target_peers: Option<usize>,
+    pub scarce_uplink: Option<bool>,
     pub relay: Option<RelaySection>,
 }
 
@@ -105,6 +112,7 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     pub mdns: bool,
     pub target_peers: usize,
+    pub scarce_uplink: bool,
     pub relay: Option<RelayLimits>,
 }
 
@@ -117,6 +125,7 @@ impl Settings {
         config.mdns = self.mdns;
         config.target_peers = self.target_peers;
         config.relay = self.relay;
+        config.scarce_uplink = self.scarce_uplink;
         config
     }
 }
@@ -216,6 +225,7 @@ pub fn settings(args: &RunArgs) -> Result<Settings> {
         metrics: args.metrics.or(file.metrics),
         mdns: !args.no_mdns && file.mdns.unwrap_or(true),
         target_peers: file.target_peers.unwrap_or(DEFAULT_TARGET_PEERS),
+        scarce_uplink: args.scarce_uplink || file.scarce_uplink.unwrap_or(false),
         relay: relay_limits(file.relay.as_ref())?,
     })
 }
@@ -248,6 +258,7 @@ mod tests {
         assert_eq!(interval, DEFAULT_SYNC_INTERVAL);
         assert_eq!(file.mdns, Some(true));
         assert_eq!(file.target_peers, Some(DEFAULT_TARGET_PEERS));
+        assert_eq!(file.scarce_uplink, Some(false));
         for p in file.peers.unwrap_or_default() {
             p.parse::<Multiaddr>().expect("example peer parses");
         }

@@ -103,6 +103,8 @@ pub(crate) struct Options {
     pub caps: ConnectionCaps,
     pub kademlia: bool,
     pub mdns: bool,
+    /// Let identify remember peers' listen addresses for later dials.
+    pub dial_learned_addrs: bool,
     /// `None`: this node does not relay for others.
     pub relay: Option<RelayLimits>,
 }
@@ -209,7 +211,8 @@ impl Behaviour {
             limits: connection_limits::Behaviour::new(limits),
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
-                    .with_agent_version(format!("chapar/{}", env!("CARGO_PKG_VERSION"))),
+                    .with_agent_version(format!("chapar/{}", env!("CARGO_PKG_VERSION")))
+                    .with_cache_size(if options.dial_learned_addrs { 100 } else { 0 }),
             ),
             ping: ping::Behaviour::new(
                 ping::Config::new()

@@ -51,6 +51,10 @@ pub struct NodeConfig {
     pub kademlia: bool,
     /// Discover peers on the local network by mDNS.
     pub mdns: bool,
+    /// Dial peers at addresses they announced (identify), not only at the
+    /// addresses configured or found by discovery. Tests and the demo turn
+    /// it off so that a modelled link cannot be bypassed on loopback.
+    pub dial_learned_addrs: bool,
     /// Relay circuits for others, within these limits (`None`: do not).
     pub relay: Option<RelayLimits>,
     /// Peers found by discovery are dialed while fewer than this many are connected.
@@ -65,6 +69,12 @@ pub struct NodeConfig {
     pub quic_idle_timeout: Duration,
     /// Which bundles this node fetches chunks of.
     pub fetch: Fetch,
+    /// This node's uplink is the scarce link (a gateway on a satellite
+    /// window): super-seed every complete bundle, not only those sealed
+    /// here, so each chunk crosses once and the far side shares it.
+    pub scarce_uplink: bool,
+    /// Least time between two sends of one chunk while super-seeding.
+    pub resend_after: Duration,
     /// Offer the addresses we listen on as this node's external addresses
     /// (in relay reservations, to AutoNAT) without waiting for AutoNAT to
     /// confirm them, which it never does for LAN addresses.
@@ -86,6 +96,7 @@ impl NodeConfig {
             ban: Duration::from_secs(600),
             kademlia: true,
             mdns: true,
+            dial_learned_addrs: true,
             relay: Some(RelayLimits::default()),
             target_peers: 12,
             use_peer_book: true,
@@ -97,6 +108,8 @@ impl NodeConfig {
             quic_idle_timeout: Duration::from_secs(60),
             advertise_listen_addrs: true,
             fetch: Fetch::All,
+            scarce_uplink: false,
+            resend_after: Duration::from_secs(15),
         }
     }
 }
@@ -273,6 +286,7 @@ async fn build_swarm(config: &NodeConfig, registry: &mut Registry) -> Result<Swa
         caps: config.caps,
         kademlia: config.kademlia,
         mdns: config.mdns,
+        dial_learned_addrs: config.dial_learned_addrs,
         relay: config.relay,
     };
     let quic_idle = u32::try_from(config.quic_idle_timeout.as_millis()).unwrap_or(u32::MAX);
@@ -365,7 +379,7 @@ pub async fn start(config: NodeConfig, store: StoreHandle) -> Result<NodeHandle,
         }
         .run(),
     );
-    let seeder = Arc::new(Mutex::new(Seeder::default()));
+    let seeder = Arc::new(Mutex::new(Seeder::new(config.resend_after)));
     let holdings = Arc::new(Mutex::new(PeerHoldings::default()));
     let handle = NodeHandle {
         commands: command_tx.clone(),
@@ -405,6 +419,7 @@ pub async fn start(config: NodeConfig, store: StoreHandle) -> Result<NodeHandle,
             stats,
             fetch: config.fetch,
             seeder,
+            seed_everything: config.scarce_uplink,
             holdings,
         }
         .run(news_rx, inventory_rx),

@@ -215,7 +215,8 @@ pub(crate) async fn serve_chunks(
             return Err(PeerFault::Unexpected);
         };
         for id in ids {
-            let allowed = seeder.lock().map(|mut s| s.allow(&id)).unwrap_or(true);
+            let now = std::time::Instant::now();
+            let allowed = seeder.lock().map(|mut s| s.allow(&id, now)).unwrap_or(true);
             if !allowed {
                 write_message(&mut stream, &Message::ChunkMissing(id))
                     .await

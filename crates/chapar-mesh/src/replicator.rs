@@ -62,6 +62,8 @@ pub(crate) struct Replicator {
     pub(crate) stats: NodeStats,
     pub(crate) fetch: Fetch,
     pub(crate) seeder: Arc<std::sync::Mutex<Seeder>>,
+    /// Seed every complete bundle, not only those sealed here.
+    pub(crate) seed_everything: bool,
     /// What each connected peer holds, for the node's handle.
     pub(crate) holdings: Arc<std::sync::Mutex<PeerHoldings>>,
 }
@@ -300,6 +302,7 @@ impl Replicator {
         let known: HashSet<BundleId> = books.meta.keys().copied().collect();
         let fetch = self.fetch;
         let seeder = self.seeder.clone();
+        let seed_everything = self.seed_everything;
         let scan = self
             .store
             .call(move |s| {
@@ -310,8 +313,8 @@ impl Replicator {
                 let bundles = s.bundles()?;
                 for b in &bundles {
                     held_chunks += u64::from(b.record.held_chunks);
-                    if b.record.role == Role::Sealed {
-                        track_sealed(s, &seeder, b)?;
+                    if b.record.role == Role::Sealed || (seed_everything && b.record.complete()) {
+                        track_seeded(s, &seeder, b)?;
                     }
                     if b.record.complete() {
                         complete += 1;
@@ -509,8 +512,8 @@ impl Replicator {
     }
 }
 
-/// Lets the super-seeder know every chunk of a bundle sealed here.
-fn track_sealed(
+/// Lets the super-seeder know every chunk of a bundle it seeds.
+fn track_seeded(
     store: &chapar_store::Store,
     seeder: &std::sync::Mutex<Seeder>,
     bundle: &chapar_store::BundleStatus,

@@ -1,30 +1,50 @@
 //! Super-seeding: while the mesh does not yet hold a whole copy of a
-//! bundle sealed here, the sender's uplink — often the scarcest link in
-//! the whole path — carries each chunk once before any chunk twice. A
-//! peer asking for a chunk already sent to another is told "missing" and
-//! fetches it from that peer instead; once every chunk has left once, the
-//! sender serves anything (a relay may have died with its copy).
-//! Pure bookkeeping; the chunk server asks it before each chunk.
+//! bundle, a node whose uplink is the scarcest link on the path (the
+//! sender's machine; a gateway relay on a satellite link) carries each
+//! chunk once before any chunk twice. A peer asking for a chunk already
+//! sent to another is told "missing" and fetches it from that peer
+//! instead. A chunk is sent again only once every chunk of its bundle has
+//! left, and not sooner than [`Seeder::resend_after`] since it last left
+//! (the peer that got it may have died with it).
+//! Pure bookkeeping: the chunk server asks it before each chunk, and the
+//! caller passes the clock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use chapar_format::{BundleId, ChunkId};
 
-/// What has left this node of each bundle sealed here.
-#[derive(Debug, Default)]
+/// What has left this node of each bundle it seeds.
+#[derive(Debug)]
 pub struct Seeder {
+    resend_after: Duration,
     owner: HashMap<ChunkId, BundleId>,
     total: HashMap<BundleId, usize>,
-    served: HashMap<BundleId, HashSet<ChunkId>>,
+    last_sent: HashMap<BundleId, HashMap<ChunkId, Instant>>,
 }
 
 impl Seeder {
+    /// A seeder that sends a chunk twice no sooner than `resend_after` apart.
+    pub fn new(resend_after: Duration) -> Self {
+        Self {
+            resend_after,
+            owner: HashMap::new(),
+            total: HashMap::new(),
+            last_sent: HashMap::new(),
+        }
+    }
+
+    /// The least time between two sends of one chunk.
+    pub fn resend_after(&self) -> Duration {
+        self.resend_after
+    }
+
     /// Whether the bundle's chunks are being tracked already.
     pub fn knows(&self, bundle: &BundleId) -> bool {
         self.total.contains_key(bundle)
     }
 
-    /// Starts tracking a bundle sealed here, with every chunk id it has.
+    /// Starts tracking a bundle, with every chunk id it has.
     pub fn track(&mut self, bundle: BundleId, chunks: &[ChunkId]) {
         for c in chunks {
             self.owner.insert(*c, bundle);
@@ -33,24 +53,29 @@ impl Seeder {
     }
 
     /// Whether to send `chunk` now; records it as sent if so.
-    pub fn allow(&mut self, chunk: &ChunkId) -> bool {
+    pub fn allow(&mut self, chunk: &ChunkId, now: Instant) -> bool {
         let Some(bundle) = self.owner.get(chunk) else {
             return true;
         };
         let total = self.total.get(bundle).copied().unwrap_or(0);
-        let served = self.served.entry(*bundle).or_default();
-        if served.contains(chunk) {
-            return served.len() >= total;
+        let sent = self.last_sent.entry(*bundle).or_default();
+        let allowed = match sent.get(chunk) {
+            None => true,
+            Some(last) => {
+                sent.len() >= total && now.saturating_duration_since(*last) >= self.resend_after
+            }
+        };
+        if allowed {
+            sent.insert(*chunk, now);
         }
-        served.insert(*chunk);
-        true
+        allowed
     }
 
-    /// (unique chunks sent, chunks in all) for a bundle sealed here.
+    /// (distinct chunks sent, chunks in all) for a tracked bundle.
     pub fn handed_off(&self, bundle: &BundleId) -> Option<(usize, usize)> {
         let total = *self.total.get(bundle)?;
-        let served = self.served.get(bundle).map_or(0, HashSet::len);
-        Some((served, total))
+        let sent = self.last_sent.get(bundle).map_or(0, HashMap::len);
+        Some((sent, total))
     }
 }
 
@@ -59,24 +84,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_chunk_once_before_any_twice() {
+    fn each_chunk_once_before_any_twice_and_not_twice_too_soon() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(11);
         let bundle = BundleId([1; 32]);
         let chunks: Vec<ChunkId> = (0..3u8).map(|i| ChunkId([i; 32])).collect();
-        let mut seeder = Seeder::default();
+        let mut seeder = Seeder::new(Duration::from_secs(10));
         seeder.track(bundle, &chunks);
-        assert!(seeder.allow(&chunks[0]));
-        assert!(
-            !seeder.allow(&chunks[0]),
-            "sent once already; others unsent"
-        );
-        assert!(seeder.allow(&chunks[1]));
+        assert!(seeder.allow(&chunks[0], t0));
+        assert!(!seeder.allow(&chunks[0], later), "others unsent yet");
+        assert!(seeder.allow(&chunks[1], t0));
         assert_eq!(seeder.handed_off(&bundle), Some((2, 3)));
-        assert!(seeder.allow(&chunks[2]));
-        assert!(
-            seeder.allow(&chunks[0]),
-            "every chunk has left: serve anything"
-        );
+        assert!(seeder.allow(&chunks[2], t0));
+        assert!(!seeder.allow(&chunks[0], t0), "all sent, but only just");
+        assert!(seeder.allow(&chunks[0], later), "all sent long enough ago");
+        assert!(!seeder.allow(&chunks[0], later), "just sent again");
         assert_eq!(seeder.handed_off(&bundle), Some((3, 3)));
-        assert!(seeder.allow(&ChunkId([9; 32])), "not ours: always served");
+        assert!(
+            seeder.allow(&ChunkId([9; 32]), t0),
+            "not tracked: always served"
+        );
     }
 }

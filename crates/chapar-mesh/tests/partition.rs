@@ -50,6 +50,7 @@ impl Relay {
         config.relay = None;
         config.use_peer_book = false;
         config.target_peers = 0;
+        config.dial_learned_addrs = false;
         let handle = start(config, store.clone()).await.expect("node starts");
         Self {
             handle,
