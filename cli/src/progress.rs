@@ -113,12 +113,15 @@ impl Progress {
         bar
     }
 
-    pub fn update_send(&mut self, stages: &[SendStage]) {
+    /// Shows what changed; returns whether anything did.
+    pub fn update_send(&mut self, stages: &[SendStage]) -> bool {
+        let mut changed = false;
         for s in stages {
             let json = json!({ "event": "progress", "stage": s.to_json() });
             if self.last.get(&s.id) == Some(&json) {
                 continue;
             }
+            changed = true;
             self.last.insert(s.id, json.clone());
             match self.mode {
                 ProgressMode::Bars => self.draw_send(s),
@@ -138,6 +141,7 @@ impl Progress {
                 ),
             }
         }
+        changed
     }
 
     fn draw_send(&mut self, s: &SendStage) {

@@ -16,6 +16,7 @@ use crate::commands::{seal_options, Report};
 use crate::net::{interrupted, progress_mode, runtime, start_node, TICK};
 use crate::progress::{Progress, SendStage};
 
+
 /// Seals `paths` into the store (through a folder beside it, removed
 /// afterwards) and returns the new bundle's id.
 pub(crate) fn seal_into_store(
@@ -142,7 +143,9 @@ pub fn send(a: SendArgs) -> Result<Report> {
                 announced = true;
             }
             let stages = current(&node, &store, &bundles).await;
-            progress.update_send(&stages);
+            if progress.update_send(&stages) {
+                record_progress(&dir, &stages);
+            }
             if stages.iter().all(|s| reached(s, a.until, a.replicas)) {
                 break (stages, true);
             }
@@ -152,6 +155,27 @@ pub fn send(a: SendArgs) -> Result<Report> {
     })?;
     progress.finish();
     report(&dir, &stages, finished, a.until)
+}
+
+/// The file where `send` leaves its last view of each bundle's stages,
+/// for `chapar status` (the store itself cannot know what peers hold).
+pub(crate) const SEND_PROGRESS_FILE: &str = "send-progress.json";
+
+/// Writes the stages beside the store, atomically (a status reader never
+/// sees half a file). A failure only costs `status` its detail.
+fn record_progress(dir: &Path, stages: &[SendStage]) {
+    let mut all = serde_json::Map::new();
+    for s in stages {
+        let mut stage = s.to_json();
+        stage["as_of"] = json!(chapar_store::now());
+        all.insert(s.id.to_hex(), stage);
+    }
+    let tmp = dir.join(format!("{SEND_PROGRESS_FILE}.tmp"));
+    let written = std::fs::write(&tmp, serde_json::Value::Object(all).to_string())
+        .and_then(|()| std::fs::rename(&tmp, dir.join(SEND_PROGRESS_FILE)));
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "could not record send progress");
+    }
 }
 
 async fn current(node: &NodeHandle, store: &StoreHandle, bundles: &[BundleId]) -> Vec<SendStage> {

@@ -138,6 +138,10 @@ pub fn status(a: StatusArgs) -> Result<Report> {
         quota.map_or(String::new(), |q| format!(" of a {} quota", ByteSize(q)))
     );
     let mut bundles = Vec::new();
+    let sending: serde_json::Value = std::fs::read(dir.join(crate::send::SEND_PROGRESS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
     let mut list = store.bundles()?;
     list.sort_by_key(|b| (std::cmp::Reverse(b.record.priority), b.record.added_at));
     for b in &list {
@@ -159,7 +163,29 @@ pub fn status(a: StatusArgs) -> Result<Report> {
             r.recipients,
             if r.complete() { "  complete" } else { "" }
         ));
-        bundles.push(bundle_json(b));
+        let mut entry = bundle_json(b);
+        let stage = &sending[b.id.to_hex()];
+        if r.role == chapar_store::Role::Sealed && stage.is_object() {
+            text.push_str(&format!(
+                "    sending: handed off {}/{} chunks, whole on {} relay(s), as of {}\n",
+                stage["handed_off"],
+                stage["chunks"],
+                stage["replicas"],
+                stage["as_of"].as_u64().map(rfc3339).unwrap_or_default()
+            ));
+            entry["sending"] = stage.clone();
+        }
+        if r.role == chapar_store::Role::Receiving {
+            text.push_str(&format!(
+                "    inbox: addressed to this machine's key; {}\n",
+                if r.complete() {
+                    "all here (chapar receive opens it)".to_string()
+                } else {
+                    format!("{}/{} chunks here", r.held_chunks, r.known_chunks)
+                }
+            ));
+        }
+        bundles.push(entry);
     }
     let tombstones = store.tombstones()?;
     for (id, until) in &tombstones {
