@@ -36,18 +36,24 @@ pub async fn read_message<S: AsyncRead + Unpin>(
         }
     }
     let len = frame_length(header, max)?;
-    // Grow with what actually arrives: a peer that announces a large frame
-    // and sends nothing costs nothing.
-    let mut body = Vec::with_capacity(len.min(64 * 1024));
-    let mut piece = vec![0u8; 64 * 1024];
+    // Grow with what actually arrives (a peer that announces a large frame
+    // and sends nothing costs nothing), reading straight into the body.
+    let mut body: Vec<u8> = Vec::new();
     while body.len() < len {
-        let want = (len - body.len()).min(piece.len());
-        match patiently(idle, stream.read(&mut piece[..want])).await? {
-            0 => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
-            n => body.extend_from_slice(&piece[..n]),
+        let start = body.len();
+        if start == body.capacity() {
+            let grow = body.capacity().max(64 * 1024).min(len - start);
+            body.reserve_exact(grow);
+        }
+        let end = body.capacity().min(len);
+        body.resize(end, 0);
+        match patiently(idle, stream.read(&mut body[start..end])).await {
+            Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => body.truncate(start + n),
+            Err(e) => return Err(e.into()),
         }
     }
-    Ok(Some(Message::decode(&body)?))
+    Ok(Some(Message::decode_owned(body)?))
 }
 
 async fn patiently<T>(
@@ -60,10 +66,19 @@ async fn patiently<T>(
     }
 }
 
-/// Writes one frame.
+/// Writes one frame (a chunk's bytes from where they are, not copied
+/// into a frame buffer first).
 pub async fn write_message<S: AsyncWrite + Unpin>(
     stream: &mut S,
     message: &Message,
 ) -> io::Result<()> {
-    stream.write_all(&message.encode()).await
+    match message {
+        Message::ChunkData { id, bytes } => {
+            stream
+                .write_all(&Message::chunk_data_header(id, bytes.len()))
+                .await?;
+            stream.write_all(bytes).await
+        }
+        other => stream.write_all(&other.encode()).await,
+    }
 }

@@ -250,9 +250,9 @@ pub(crate) struct Fetched {
     pub(crate) bytes: u64,
 }
 
-/// Requester side: ask for `ids`, verify each answer, store the good ones.
-/// A chunk that does not match its id is a fault: nothing more is taken
-/// from this peer.
+/// Requester side: ask for `ids`, store what comes (the store verifies
+/// each chunk against its id, once), and report a peer whose chunk did not
+/// match as a fault: nothing more is taken from it.
 pub(crate) async fn fetch_chunks(
     store: &StoreHandle,
     mut stream: Stream,
@@ -262,17 +262,12 @@ pub(crate) async fn fetch_chunks(
         .await
         .map_err(FrameError::from)?;
     let mut fetched = Fetched::default();
-    let mut good = Vec::with_capacity(ids.len());
+    let mut arrived = Vec::with_capacity(ids.len());
     let mut fault = None;
     for expected in &ids {
         match next(&mut stream, Message::MAX_CHUNK_FRAME).await {
             Ok(Some(Message::ChunkData { id, bytes })) if id == *expected => {
-                if !id.matches(&bytes) {
-                    fault = Some(PeerFault::BadChunk(id));
-                    break;
-                }
-                fetched.bytes += bytes.len() as u64;
-                good.push((id, bytes));
+                arrived.push((id, bytes));
             }
             Ok(Some(Message::ChunkMissing(id))) if id == *expected => fetched.missing.push(id),
             Ok(None) => {
@@ -290,13 +285,26 @@ pub(crate) async fn fetch_chunks(
         }
     }
     let _ = stream.close().await;
+    let sizes: Vec<(ChunkId, u64)> = arrived
+        .iter()
+        .map(|(id, b)| (*id, b.len() as u64))
+        .collect();
     // Keep what verified even when the peer then failed or lied.
-    fetched.received = good.len();
     let report = store
-        .put_chunks(good)
+        .put_chunks(arrived)
         .await
         .map_err(|e| PeerFault::Frame(FrameError::Io(std::io::Error::other(e))))?;
+    let bad: HashSet<ChunkId> = report.mismatched.iter().copied().collect();
+    for (id, len) in sizes {
+        if !bad.contains(&id) {
+            fetched.received += 1;
+            fetched.bytes += len;
+        }
+    }
     fetched.stored = report.stored;
+    if let Some(id) = report.mismatched.first() {
+        return Err(PeerFault::BadChunk(*id));
+    }
     match fault {
         Some(f) => Err(f),
         None => Ok(fetched),

@@ -26,7 +26,7 @@ use crate::swarm::{Command, SwarmNews};
 
 /// Bytes asked for in one chunk stream. Several smaller streams per peer
 /// keep the link busy while an earlier batch is being written to disk.
-const BATCH_BYTES: u64 = 2 * 1024 * 1024;
+const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// How often a peer's entry in the peer book is rewritten while it stays.
 const PEERBOOK_REFRESH: Duration = Duration::from_secs(600);
 
@@ -140,16 +140,20 @@ impl Replicator {
             tokio::select! {
                 n = news.recv() => match n {
                     None => break,
-                    Some(n) => self.on_news(n, &mut books).await,
+                    Some(n) => {
+                        let new_peer = matches!(n, SwarmNews::PeerUp(_));
+                        self.on_news(n, &mut books).await;
+                        if new_peer {
+                            // Sync with a peer the moment it arrives.
+                            self.start_syncs(&mut books, &done_tx);
+                        }
+                    }
                 },
                 Some((peer, inventory)) = inventories.recv() => self.learn(&mut books, peer, &inventory),
                 Some(outcome) = done.recv() => {
-                    let fetched = matches!(outcome, Outcome::Fetched(..));
                     self.on_outcome(outcome, &mut books).await;
-                    if fetched {
-                        // Refill the pipeline now rather than at the next tick.
-                        self.start_fetches(&mut books, &done_tx).await;
-                    }
+                    // Refill the pipeline now rather than at the next tick.
+                    self.start_fetches(&mut books, &done_tx).await;
                 }
                 _ = tick.tick() => {
                     self.start_syncs(&mut books, &done_tx);
@@ -556,7 +560,7 @@ mod tests {
     #[test]
     fn batches_respect_the_byte_budget() {
         let ids: Vec<ChunkId> = (0..7u8).map(|i| ChunkId::of(&[i])).collect();
-        let sizes: HashMap<ChunkId, u64> = ids.iter().map(|c| (*c, 1024 * 1024)).collect();
+        let sizes: HashMap<ChunkId, u64> = ids.iter().map(|c| (*c, BATCH_BYTES / 2)).collect();
         let out = batches(&ids, &sizes);
         assert_eq!(
             out.iter().map(|(b, _)| b.len()).collect::<Vec<_>>(),

@@ -144,6 +144,37 @@ const CHUNK_DATA: u8 = 4;
 const CHUNK_MISSING: u8 = 5;
 
 impl Message {
+    /// Like [`Message::decode`], taking the frame body by value: a chunk's
+    /// bytes stay in the buffer they arrived in (shifted over the 33-byte
+    /// header) instead of being copied into a new one.
+    pub fn decode_owned(mut frame: Vec<u8>) -> Result<Self, WireError> {
+        if frame.first() != Some(&CHUNK_DATA) || frame.len() < 1 + 32 {
+            return Self::decode(&frame);
+        }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&frame[1..33]);
+        let size = frame.len() - 33;
+        if size == 0 || size > MAX_CHUNK_SIZE as usize {
+            return Err(WireError::Malformed("chunk size out of bounds"));
+        }
+        frame.drain(..33);
+        Ok(Message::ChunkData {
+            id: ChunkId(id),
+            bytes: frame,
+        })
+    }
+
+    /// The frame header and fixed fields of a chunk of `size` bytes; the
+    /// chunk's bytes follow it on the wire, so a sender can write them from
+    /// where they are.
+    pub fn chunk_data_header(id: &ChunkId, size: usize) -> [u8; 4 + 1 + 32] {
+        let mut out = [0u8; 37];
+        out[..4].copy_from_slice(&((1 + 32 + size) as u32).to_be_bytes());
+        out[4] = CHUNK_DATA;
+        out[5..].copy_from_slice(id.as_bytes());
+        out
+    }
+
     /// Largest frame on the sync protocol.
     /// (Holds a full inventory, 64 descriptors and 16,384 receipts: 4.45 MB.)
     pub const MAX_SYNC_FRAME: usize = 6 * 1024 * 1024;
@@ -341,6 +372,24 @@ mod tests {
             bytes: vec![1, 2, 3],
         });
         round_trip(Message::ChunkMissing(ChunkId([7; 32])));
+    }
+
+    #[test]
+    fn owned_decoding_and_the_split_chunk_header_match_the_plain_forms() {
+        let m = Message::ChunkData {
+            id: ChunkId([7; 32]),
+            bytes: vec![1, 2, 3, 4],
+        };
+        let frame = m.encode();
+        assert_eq!(Message::decode_owned(frame[4..].to_vec()).expect("decodes"), m);
+        let header = Message::chunk_data_header(&ChunkId([7; 32]), 4);
+        assert_eq!(&frame[..37], &header[..]);
+        assert!(Message::decode_owned(vec![CHUNK_DATA; 33]).is_err(), "empty chunk");
+        let request = Message::ChunkMissing(ChunkId([1; 32]));
+        assert_eq!(
+            Message::decode_owned(request.encode()[4..].to_vec()).expect("decodes"),
+            request
+        );
     }
 
     #[test]
