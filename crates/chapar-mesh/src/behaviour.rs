@@ -122,11 +122,17 @@ fn peer_score() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) 
     for topic in [chapar_wire::DESCRIPTOR_TOPIC, chapar_wire::RECEIPT_TOPIC] {
         let topic_params = gossipsub::TopicScoreParams {
             topic_weight: 1.0,
+            // No credit that good behaviour can bank against later abuse:
+            // libp2p's default time-in-mesh bonus reaches +1900 within two
+            // seconds and would let a peer send dozens of invalid messages.
+            time_in_mesh_weight: 0.0,
+            first_message_deliveries_weight: 0.5,
+            first_message_deliveries_cap: 20.0,
             mesh_message_deliveries_weight: 0.0,
             mesh_failure_penalty_weight: 0.0,
-            first_message_deliveries_weight: 1.0,
-            // P4 grows with the square of the count: three invalid
-            // messages take a peer past the graylist threshold (−80).
+            // P4 grows with the square of the count: four invalid messages
+            // take a peer past the graylist threshold (−80) even with the
+            // most first-delivery credit it can hold (+10).
             invalid_message_deliveries_weight: -10.0,
             invalid_message_deliveries_decay: 0.9,
             ..Default::default()

@@ -65,4 +65,13 @@ impl DescriptorGate {
         }
         admitted
     }
+
+    /// Gives back an admission whose descriptor was not stored after all.
+    pub(crate) fn unadmit(&self) {
+        let _ = self
+            .known_bundles
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
 }

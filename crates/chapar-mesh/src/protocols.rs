@@ -134,8 +134,16 @@ pub(crate) async fn absorb(
         }
         match store.add_bundle(bytes.clone(), Role::Relaying).await {
             Ok((_, true)) => new += 1,
-            Ok((_, false)) | Err(StoreError::Tombstoned { .. } | StoreError::Expired { .. }) => {}
-            Err(e) => tracing::warn!(error = %e, "could not store a descriptor"),
+            Ok((_, false)) => gate.unadmit(),
+            Err(e) => {
+                gate.unadmit();
+                if !matches!(
+                    e,
+                    StoreError::Tombstoned { .. } | StoreError::Expired { .. }
+                ) {
+                    tracing::warn!(error = %e, "could not store a descriptor");
+                }
+            }
         }
     }
     for receipt in &response.receipts {

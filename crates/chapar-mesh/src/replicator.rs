@@ -269,7 +269,10 @@ impl Replicator {
         }
         match self.store.add_bundle(data, Role::Relaying).await {
             Ok(_) => MessageAcceptance::Accept,
-            Err(_) => MessageAcceptance::Ignore,
+            Err(_) => {
+                self.gate.unadmit();
+                MessageAcceptance::Ignore
+            }
         }
     }
 

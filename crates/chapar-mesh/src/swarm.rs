@@ -121,6 +121,8 @@ fn jittered(d: Duration) -> Duration {
 struct State {
     redials: HashMap<PeerId, Redial>,
     banned: HashMap<PeerId, Instant>,
+    /// Peers reported up (a banned peer's refused connection never is).
+    up: std::collections::HashSet<PeerId>,
     bootstrapped: bool,
 }
 
@@ -181,9 +183,15 @@ impl SwarmTask {
     }
 
     fn ban(&mut self, peer: PeerId, for_how_long: Duration, state: &mut State) {
+        let now = Instant::now();
+        // Messages already on their way from a banned peer do not ban it
+        // again (nor extend its ban).
+        if state.banned.get(&peer).is_some_and(|until| *until > now) {
+            return;
+        }
         tracing::warn!(%peer, "cutting off a misbehaving peer");
         self.stats.peers_banned.inc();
-        state.banned.insert(peer, Instant::now() + for_how_long);
+        state.banned.insert(peer, now + for_how_long);
         let _ = self.swarm.disconnect_peer_id(peer);
     }
 
@@ -278,10 +286,7 @@ impl SwarmTask {
                 }
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id,
-                num_established,
-                endpoint,
-                ..
+                peer_id, endpoint, ..
             } => {
                 if state.banned.contains_key(&peer_id) {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
@@ -298,7 +303,7 @@ impl SwarmTask {
                         addrs: vec![addr],
                     });
                 }
-                if num_established.get() == 1 {
+                if state.up.insert(peer_id) {
                     tracing::info!(%peer_id, relayed = endpoint.is_relayed(), "peer connected");
                     self.stats.peers_connected.inc();
                     let _ = self.news.send(SwarmNews::PeerUp(peer_id)).await;
@@ -310,6 +315,9 @@ impl SwarmTask {
                 num_established: 0,
                 ..
             } => {
+                if !state.up.remove(&peer_id) {
+                    return;
+                }
                 tracing::info!(%peer_id, "peer disconnected");
                 self.stats.peers_connected.dec();
                 if let Some(r) = state.redials.get_mut(&peer_id) {
