@@ -310,6 +310,7 @@ async fn run(root: &Path, a: &DemoArgs) -> Result<Report> {
     let mut inbox = Inbox::default();
     let mut quiet = Progress::new(crate::args::ProgressMode::Quiet, 0);
     let mut link_was_up = false;
+    let mut last_stage = None;
     let deadline = Instant::now() + Duration::from(a.timeout);
     let delivered = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -321,7 +322,13 @@ async fn run(root: &Path, a: &DemoArgs) -> Result<Report> {
                 "  [gateway] international link closed"
             });
         }
-        let stage = stage_of(&mesh.sender.handle, &mesh.sender.store, id).await;
+        let stage = stage_of(
+            &mesh.sender.handle,
+            &mesh.sender.store,
+            id,
+            last_stage.as_ref(),
+        )
+        .await;
         handed.set_position(stage.handed_off as u64);
         country.set_position(most_held(&mesh.country, id).await);
         world.set_position(most_held(&mesh.world, id).await);
@@ -342,6 +349,7 @@ async fn run(root: &Path, a: &DemoArgs) -> Result<Report> {
             receipt.set_position(1);
             break true;
         }
+        last_stage = Some(stage);
         if Instant::now() > deadline {
             break false;
         }

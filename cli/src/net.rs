@@ -39,8 +39,10 @@ pub async fn start_node(
     config.mdns = !net.no_mdns;
     config.sync_interval = net.sync_interval.into();
     config.fetch = fetch;
-    // A sender's or recipient's machine relays circuits for nobody.
+    // A sender's or recipient's machine relays circuits for nobody, and
+    // is not a DHT server that anyone joining could list.
     config.relay = None;
+    config.kademlia = false;
     let node = chapar_mesh::start(config, store).await?;
     Ok(node)
 }

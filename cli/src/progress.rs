@@ -20,11 +20,13 @@ pub struct SendStage {
     pub replicas: usize,
     pub receipted: usize,
     pub recipients: usize,
+    /// Every recipient's receipt is in: the store keeps only a tombstone.
+    pub tombstoned: bool,
 }
 
 impl SendStage {
     pub fn delivered(&self) -> bool {
-        self.recipients > 0 && self.receipted >= self.recipients
+        self.tombstoned || (self.recipients > 0 && self.receipted >= self.recipients)
     }
 
     pub fn to_json(&self) -> Value {

@@ -74,8 +74,19 @@ impl Receiver {
                 );
                 continue;
             }
-            self.open(b.id, inbox, progress).await?;
-            opened += 1;
+            // A bundle that will not open (a forged header around someone
+            // else's chunks, a disk error) is reported and set aside; it
+            // must not stop the receiver from opening the others.
+            match self.open(b.id, inbox, progress).await {
+                Ok(()) => opened += 1,
+                Err(e) => {
+                    progress.event(
+                        &format!("bundle {} could not be opened: {e:#}; setting it aside", b.id.to_hex()),
+                        json!({ "event": "failed", "bundle_id": b.id.to_hex(), "error": format!("{e:#}") }),
+                    );
+                    inbox.not_ours.insert(b.id);
+                }
+            }
         }
         Ok(opened)
     }

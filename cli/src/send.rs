@@ -16,7 +16,6 @@ use crate::commands::{seal_options, Report};
 use crate::net::{interrupted, progress_mode, runtime, start_node, TICK};
 use crate::progress::{Progress, SendStage};
 
-
 /// Seals `paths` into the store (through a folder beside it, removed
 /// afterwards) and returns the new bundle's id.
 pub(crate) fn seal_into_store(
@@ -53,8 +52,15 @@ fn sealed_bundles(store: &Store) -> Result<Vec<BundleId>> {
         .collect())
 }
 
-/// Where one bundle stands.
-pub(crate) async fn stage_of(node: &NodeHandle, store: &StoreHandle, id: BundleId) -> SendStage {
+/// Where one bundle stands. `before` is the last view of it: once every
+/// receipt is in, the store keeps only a tombstone, and the counts come
+/// from there.
+pub(crate) async fn stage_of(
+    node: &NodeHandle,
+    store: &StoreHandle,
+    id: BundleId,
+    before: Option<&SendStage>,
+) -> SendStage {
     let record = store.record(id).await;
     let tombstoned = matches!(record, Err(StoreError::UnknownBundle { .. }))
         && store
@@ -63,9 +69,10 @@ pub(crate) async fn stage_of(node: &NodeHandle, store: &StoreHandle, id: BundleI
             .unwrap_or(false);
     let holders = node.holders(&id);
     let (served, total) = node.handed_off(&id).unwrap_or((0, 0));
-    let total = match &record {
-        Ok(r) => r.known_chunks as usize,
-        Err(_) => total,
+    let total = match (&record, before) {
+        (Ok(r), _) => r.known_chunks as usize,
+        (Err(_), Some(b)) => b.total_chunks.max(total),
+        (Err(_), None) => total,
     };
     // A restart forgets what left in an earlier run; what peers hold
     // tells the rest.
@@ -76,17 +83,20 @@ pub(crate) async fn stage_of(node: &NodeHandle, store: &StoreHandle, id: BundleI
     } else {
         served.max(in_mesh).min(total)
     };
-    let (receipted, recipients) = match &record {
-        Ok(r) => (r.receipt_count() as usize, usize::from(r.recipients)),
-        Err(_) => (1, 1),
+    let (receipted, recipients) = match (&record, before) {
+        (Ok(r), _) => (r.receipt_count() as usize, usize::from(r.recipients)),
+        (Err(_), Some(b)) => (b.receipted, b.recipients),
+        (Err(_), None) => (0, 0),
     };
+    let replicas = holders.iter().filter(|h| h.complete).count();
     SendStage {
         id,
         total_chunks: total,
         handed_off,
-        replicas: holders.iter().filter(|h| h.complete).count(),
+        replicas: replicas.max(before.map_or(0, |b| b.replicas)),
         receipted: if tombstoned { recipients } else { receipted },
         recipients,
+        tombstoned,
     }
 }
 
@@ -130,22 +140,24 @@ pub fn send(a: SendArgs) -> Result<Report> {
     let (stages, finished) = rt.block_on(async {
         let node = start_node(&dir, store.clone(), &a.net, Fetch::Nothing).await?;
         let mut announced = false;
+        let mut last: Vec<SendStage> = Vec::new();
         let mut tick = tokio::time::interval(TICK);
         let stop = interrupted();
         tokio::pin!(stop);
         let outcome = loop {
             tokio::select! {
-                _ = &mut stop => break (current(&node, &store, &bundles).await, false),
+                _ = &mut stop => break (current(&node, &store, &bundles, &last).await, false),
                 _ = tick.tick() => {}
             }
             if !announced && !node.connected_peers().await.is_empty() {
                 announce(&node, &store, &bundles).await;
                 announced = true;
             }
-            let stages = current(&node, &store, &bundles).await;
+            let stages = current(&node, &store, &bundles, &last).await;
             if progress.update_send(&stages) {
                 record_progress(&dir, &stages);
             }
+            last.clone_from(&stages);
             if stages.iter().all(|s| reached(s, a.until, a.replicas)) {
                 break (stages, true);
             }
@@ -178,10 +190,16 @@ fn record_progress(dir: &Path, stages: &[SendStage]) {
     }
 }
 
-async fn current(node: &NodeHandle, store: &StoreHandle, bundles: &[BundleId]) -> Vec<SendStage> {
+async fn current(
+    node: &NodeHandle,
+    store: &StoreHandle,
+    bundles: &[BundleId],
+    before: &[SendStage],
+) -> Vec<SendStage> {
     let mut out = Vec::with_capacity(bundles.len());
     for id in bundles {
-        out.push(stage_of(node, store, *id).await);
+        let last = before.iter().find(|s| s.id == *id);
+        out.push(stage_of(node, store, *id, last).await);
     }
     out
 }

@@ -9,8 +9,19 @@ fn the_demo_delivers_across_the_windows_and_the_receipt_comes_back() {
     let out = Command::cargo_bin("chapar")
         .expect("binary")
         .args([
-            "--json", "demo", "--size", "2MiB", "--window", "2s", "--closed", "2s", "--rate",
-            "4MiB", "--timeout", "90s", "--dir",
+            "--json",
+            "demo",
+            "--size",
+            "2MiB",
+            "--window",
+            "2s",
+            "--closed",
+            "2s",
+            "--rate",
+            "4MiB",
+            "--timeout",
+            "90s",
+            "--dir",
         ])
         .arg(dir.path())
         .output()
@@ -28,7 +39,12 @@ fn the_demo_delivers_across_the_windows_and_the_receipt_comes_back() {
     // What the recipient opened is what the sender sealed.
     let sealed = dir.path().join("evidence");
     let opened = dir.path().join("received").join(id).join("evidence");
-    for name in ["records.csv", "statement.txt", "scans/ward-1.jpg", "scans/ward-4.jpg"] {
+    for name in [
+        "records.csv",
+        "statement.txt",
+        "scans/ward-1.jpg",
+        "scans/ward-4.jpg",
+    ] {
         assert_eq!(
             std::fs::read(sealed.join(name)).expect("sealed file"),
             std::fs::read(opened.join(name)).expect("opened file"),
@@ -40,5 +56,8 @@ fn the_demo_delivers_across_the_windows_and_the_receipt_comes_back() {
     let crossed = report["crossed_to_world"].as_f64().expect("bytes");
     let bundle = report["bundle_bytes_with_parity"].as_f64().expect("bytes");
     assert!(crossed >= bundle * 0.8, "crossed {crossed} of {bundle}");
-    assert!(crossed <= bundle * 1.1, "crossed {crossed} for a {bundle}-byte bundle");
+    assert!(
+        crossed <= bundle * 1.1,
+        "crossed {crossed} for a {bundle}-byte bundle"
+    );
 }

@@ -821,6 +821,10 @@ fn two_recipients_of_one_bundle_both_open_it_and_a_third_key_sees_nothing() {
     assert_eq!(bundle["receipts"], 2, "{report}");
     assert_eq!(bundle["recipients"], 2, "{report}");
     assert_eq!(bundle["delivered"], true, "{report}");
+    assert!(
+        bundle["chunks"].as_u64() > Some(0) && bundle["handed_off"] == bundle["chunks"],
+        "{report}"
+    );
 
     // The third key heard of the bundle but opened nothing.
     let end = outsider.terminate();

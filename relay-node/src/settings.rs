@@ -126,6 +126,11 @@ impl Settings {
         config.target_peers = self.target_peers;
         config.relay = self.relay;
         config.scarce_uplink = self.scarce_uplink;
+        if self.scarce_uplink {
+            // A chunk that crossed the scarce link is shared on the far
+            // side; it crosses again only if it seems lost for a while.
+            config.resend_after = Duration::from_secs(120);
+        }
         config
     }
 }

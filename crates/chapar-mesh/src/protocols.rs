@@ -242,6 +242,9 @@ pub(crate) async fn serve_chunks(
             write_message(&mut stream, &reply)
                 .await
                 .map_err(FrameError::from)?;
+            if let Ok(mut s) = seeder.lock() {
+                s.finished(&id, std::time::Instant::now());
+            }
         }
         stream.flush().await.map_err(FrameError::from)?;
     }
@@ -261,10 +264,15 @@ pub(crate) struct Fetched {
 /// Requester side: ask for `ids`, store what comes (the store verifies
 /// each chunk against its id, once), and report a peer whose chunk did not
 /// match as a fault: nothing more is taken from it.
+///
+/// `budget` is the most the answers may weigh in all (each chunk at most
+/// its bundle's chunk size): a peer that sends more is cut off as it does,
+/// before the bytes are held, since they are checked only when stored.
 pub(crate) async fn fetch_chunks(
     store: &StoreHandle,
     mut stream: Stream,
     ids: Vec<ChunkId>,
+    budget: u64,
 ) -> Result<Fetched, PeerFault> {
     write_message(&mut stream, &Message::ChunkRequest(ids.clone()))
         .await
@@ -272,9 +280,13 @@ pub(crate) async fn fetch_chunks(
     let mut fetched = Fetched::default();
     let mut arrived = Vec::with_capacity(ids.len());
     let mut fault = None;
+    let mut weight = 0u64;
     for expected in &ids {
-        match next(&mut stream, Message::MAX_CHUNK_FRAME).await {
+        let room = usize::try_from(budget.saturating_sub(weight)).unwrap_or(usize::MAX);
+        let max = (1 + 32 + room).min(Message::MAX_CHUNK_FRAME);
+        match next(&mut stream, max).await {
             Ok(Some(Message::ChunkData { id, bytes })) if id == *expected => {
+                weight += bytes.len() as u64;
                 arrived.push((id, bytes));
             }
             Ok(Some(Message::ChunkMissing(id))) if id == *expected => fetched.missing.push(id),

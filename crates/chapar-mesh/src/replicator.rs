@@ -102,10 +102,30 @@ struct Books {
     in_flight_bytes: HashMap<PeerId, u64>,
     /// (peer, chunk) pairs a peer said it does not hold.
     not_there: HashSet<(PeerId, ChunkId)>,
+    /// Chunks a peer holding the whole bundle declined to send (it is
+    /// super-seeding: another peer got that chunk). Unlike `not_there`,
+    /// this outlives the peer's next inventory, so the chunk is fetched
+    /// from whoever got it rather than asked of the seeder again.
+    declined: HashMap<(PeerId, ChunkId), Instant>,
     /// Bundles already reported complete.
     completed: HashSet<BundleId>,
     meta: HashMap<BundleId, BundleMeta>,
+    /// Which bundle each chunk in flight belongs to.
+    chunk_bundle: HashMap<ChunkId, BundleId>,
     peerbook_written: HashMap<PeerId, Instant>,
+}
+
+/// How long a chunk a seeding peer declined is sought elsewhere first.
+const DECLINED_FOR: Duration = Duration::from_secs(30);
+
+impl Books {
+    /// Whether `peer` said it holds the whole of `bundle`.
+    fn holds_whole(&self, peer: &PeerId, bundle: &BundleId) -> bool {
+        self.peers
+            .get(peer)
+            .and_then(|s| s.holdings.get(bundle))
+            .is_some_and(|h| *h == Holding::Complete)
+    }
 }
 
 /// Opens a stream, giving up after 30 s (libp2p sets no limit).
@@ -376,13 +396,15 @@ impl Replicator {
     }
 
     async fn start_fetches(&self, books: &mut Books, done: &mpsc::Sender<Outcome>) {
-        if books.peers.values().all(|p| p.holdings.is_empty()) {
-            return;
-        }
+        // Scanned even when no peer holds anything: the scan also starts
+        // super-seeding a bundle sealed here before its first chunk leaves.
         let mut wants = self.wants(books).await;
-        if wants.is_empty() {
+        if wants.is_empty() || books.peers.values().all(|p| p.holdings.is_empty()) {
             return;
         }
+        books.declined.retain(|_, at| at.elapsed() < DECLINED_FOR);
+        let mut lacking = books.not_there.clone();
+        lacking.extend(books.declined.keys().copied());
         let holdings: HashMap<PeerId, HashMap<BundleId, Holding>> = books
             .peers
             .iter()
@@ -393,7 +415,7 @@ impl Replicator {
             w.missing.retain(|c| {
                 holdings
                     .iter()
-                    .any(|(p, h)| h.contains_key(&w.bundle) && !books.not_there.contains(&(*p, *c)))
+                    .any(|(p, h)| h.contains_key(&w.bundle) && !lacking.contains(&(*p, *c)))
             });
         }
         let requests = plan(
@@ -401,22 +423,31 @@ impl Replicator {
             &holdings,
             &books.in_flight,
             &books.in_flight_bytes,
-            &books.not_there,
+            &lacking,
             self.limits,
         );
         let chunk_size: HashMap<ChunkId, u64> = wants
             .iter()
             .flat_map(|w| w.missing.iter().map(move |c| (*c, u64::from(w.chunk_size))))
             .collect();
+        let bundle_of: HashMap<ChunkId, BundleId> = wants
+            .iter()
+            .flat_map(|w| w.missing.iter().map(move |c| (*c, w.bundle)))
+            .collect();
         for (peer, ids) in requests {
             for (batch, bytes) in batches(&ids, &chunk_size) {
                 books.in_flight.extend(batch.iter().copied());
+                for c in &batch {
+                    if let Some(b) = bundle_of.get(c) {
+                        books.chunk_bundle.insert(*c, *b);
+                    }
+                }
                 *books.in_flight_bytes.entry(peer).or_default() += bytes;
                 let (store, mut control, done) =
                     (self.store.clone(), self.control.clone(), done.clone());
                 tokio::spawn(async move {
                     let result = match open_stream(&mut control, peer, CHUNK_PROTOCOL).await {
-                        Ok(stream) => fetch_chunks(&store, stream, batch.clone()).await,
+                        Ok(stream) => fetch_chunks(&store, stream, batch.clone(), bytes).await,
                         Err(e) => Err(e),
                     };
                     let _ = done
@@ -492,15 +523,25 @@ impl Replicator {
                 for c in &batch {
                     books.in_flight.remove(c);
                 }
+                let batch_bundles: Vec<(ChunkId, BundleId)> = batch
+                    .iter()
+                    .filter_map(|c| Some((*c, books.chunk_bundle.remove(c)?)))
+                    .collect();
                 if let Some(b) = books.in_flight_bytes.get_mut(&peer) {
                     *b = b.saturating_sub(bytes);
                 }
                 match result {
                     Ok(fetched) => {
                         tracing::debug!(%peer, stored = fetched.stored.len(), bytes = fetched.bytes, "fetched chunks");
-                        books
-                            .not_there
-                            .extend(fetched.missing.into_iter().map(|c| (peer, c)));
+                        for c in fetched.missing {
+                            let bundle =
+                                batch_bundles.iter().find(|(x, _)| *x == c).map(|(_, b)| *b);
+                            if bundle.is_some_and(|b| books.holds_whole(&peer, &b)) {
+                                books.declined.insert((peer, c), Instant::now());
+                            } else {
+                                books.not_there.insert((peer, c));
+                            }
+                        }
                         self.stats.chunks_fetched.inc_by(fetched.received as u64);
                         self.stats.bytes_fetched.inc_by(fetched.bytes);
                         if !fetched.stored.is_empty() {

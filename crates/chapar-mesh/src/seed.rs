@@ -71,6 +71,20 @@ impl Seeder {
         allowed
     }
 
+    /// Notes that `chunk` finished leaving at `now`: the wait before a
+    /// resend counts from there (on a slow link a chunk takes long to go).
+    pub fn finished(&mut self, chunk: &ChunkId, now: Instant) {
+        if let Some(bundle) = self.owner.get(chunk) {
+            if let Some(at) = self
+                .last_sent
+                .get_mut(bundle)
+                .and_then(|m| m.get_mut(chunk))
+            {
+                *at = now;
+            }
+        }
+    }
+
     /// (distinct chunks sent, chunks in all) for a tracked bundle.
     pub fn handed_off(&self, bundle: &BundleId) -> Option<(usize, usize)> {
         let total = *self.total.get(bundle)?;

@@ -381,10 +381,16 @@ mod tests {
             bytes: vec![1, 2, 3, 4],
         };
         let frame = m.encode();
-        assert_eq!(Message::decode_owned(frame[4..].to_vec()).expect("decodes"), m);
+        assert_eq!(
+            Message::decode_owned(frame[4..].to_vec()).expect("decodes"),
+            m
+        );
         let header = Message::chunk_data_header(&ChunkId([7; 32]), 4);
         assert_eq!(&frame[..37], &header[..]);
-        assert!(Message::decode_owned(vec![CHUNK_DATA; 33]).is_err(), "empty chunk");
+        assert!(
+            Message::decode_owned(vec![CHUNK_DATA; 33]).is_err(),
+            "empty chunk"
+        );
         let request = Message::ChunkMissing(ChunkId([1; 32]));
         assert_eq!(
             Message::decode_owned(request.encode()[4..].to_vec()).expect("decodes"),
