@@ -16,7 +16,7 @@ use chapar_wire::{ReceiptMessage, DESCRIPTOR_TOPIC, MAX_GOSSIP_MESSAGE, RECEIPT_
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageId, PublishError};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identity, noise, tcp, yamux, Multiaddr, PeerId};
+use libp2p::{noise, tcp, yamux, Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 /// Long enough that no periodic sync runs during a test: what arrives
@@ -41,14 +41,7 @@ impl Relay {
     async fn start(peers: Vec<Multiaddr>, tune: impl FnOnce(&mut NodeConfig)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = StoreHandle::new(Store::open(&dir.path().join("data")).expect("store"));
-        let mut config = NodeConfig::new(
-            identity::Keypair::generate_ed25519(),
-            vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
-        );
-        config.peers = peers;
-        // The topology under test is the one the test builds.
-        config.mdns = false;
-        config.target_peers = 0;
+        let mut config = common::isolated_config(peers);
         config.sync_interval = NO_RESYNC;
         tune(&mut config);
         let handle = start(config, store.clone()).await.expect("node starts");

@@ -11,14 +11,14 @@ use std::time::Duration;
 mod common;
 
 use chapar_format::BundleId;
-use chapar_mesh::{start, NodeConfig};
+use chapar_mesh::start;
 use chapar_store::{import_folder, Role, Store, StoreHandle};
 use chapar_wire::{
     Inventory, InventoryEntry, Message, SyncResponse, CHUNK_PROTOCOL, SYNC_PROTOCOL,
 };
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identity, noise, tcp, yamux, Multiaddr, StreamProtocol};
+use libp2p::{noise, tcp, yamux, Multiaddr, StreamProtocol};
 
 async fn read_frame(stream: &mut libp2p::Stream) -> Option<Message> {
     let mut header = [0u8; 4];
@@ -125,14 +125,7 @@ async fn node(
         import_folder(&store, b, Role::Relaying, |_| {}).expect("import");
     }
     let store = StoreHandle::new(store);
-    let mut config = NodeConfig::new(
-        identity::Keypair::generate_ed25519(),
-        vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
-    );
-    config.peers = peers;
-    // The topology under test is the one the test builds.
-    config.mdns = false;
-    config.target_peers = 0;
+    let mut config = common::isolated_config(peers);
     config.sync_interval = Duration::from_millis(300);
     (start(config, store.clone()).await.expect("starts"), store)
 }

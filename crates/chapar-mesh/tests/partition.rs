@@ -13,9 +13,9 @@ mod common;
 
 use chapar_format::BundleId;
 use chapar_link::{Link, Shape};
-use chapar_mesh::{start, NodeConfig, NodeHandle};
+use chapar_mesh::{start, NodeHandle};
 use chapar_store::{import_folder, Role, Store, StoreError, StoreHandle};
-use libp2p::{identity, Multiaddr, PeerId};
+use libp2p::{Multiaddr, PeerId};
 use tokio::time::Instant;
 
 /// Longer than gossipsub keeps a message to pass on (5 heartbeats of 1 s):
@@ -41,16 +41,10 @@ impl Relay {
         } else {
             Vec::new()
         };
-        let mut config = NodeConfig::new(identity::Keypair::generate_ed25519(), listen);
-        config.peers = peers;
+        let mut config = common::isolated_config(peers);
+        config.listen = listen;
         config.sync_interval = Duration::from_millis(500);
-        // Peers are only the ones it is told of: nothing finds a way
-        // around the links.
-        config.mdns = false;
         config.relay = None;
-        config.use_peer_book = false;
-        config.target_peers = 0;
-        config.dial_learned_addrs = false;
         let handle = start(config, store.clone()).await.expect("node starts");
         Self {
             handle,

@@ -7,9 +7,9 @@ mod common;
 
 use chapar_bundle::open_folder;
 use chapar_format::BundleId;
-use chapar_mesh::{start, NodeConfig, NodeHandle};
+use chapar_mesh::{start, NodeHandle};
 use chapar_store::{export_folder, import_folder, Role, Store, StoreHandle};
-use libp2p::{identity, Multiaddr};
+use libp2p::Multiaddr;
 
 struct TestNode {
     handle: NodeHandle,
@@ -25,14 +25,7 @@ impl TestNode {
             import_folder(&store, bundle, Role::Relaying, |_| {}).expect("import");
         }
         let store = StoreHandle::new(store);
-        let mut config = NodeConfig::new(
-            identity::Keypair::generate_ed25519(),
-            vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
-        );
-        config.peers = peers;
-        // The topology under test is the one the test builds.
-        config.mdns = false;
-        config.target_peers = 0;
+        let mut config = common::isolated_config(peers);
         config.sync_interval = Duration::from_millis(500);
         let handle = start(config, store.clone()).await.expect("node starts");
         Self {
@@ -165,14 +158,7 @@ async fn a_relay_restarted_mid_transfer_resumes_without_refetching() {
 
     // One chunk in flight at a time, so the stop lands mid-transfer.
     let slow = |peers: Vec<Multiaddr>| {
-        let mut config = NodeConfig::new(
-            identity::Keypair::generate_ed25519(),
-            vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
-        );
-        config.peers = peers;
-        // The topology under test is the one the test builds.
-        config.mdns = false;
-        config.target_peers = 0;
+        let mut config = common::isolated_config(peers);
         config.sync_interval = Duration::from_millis(300);
         config.limits = chapar_mesh::Limits {
             per_peer_bytes: 4096,

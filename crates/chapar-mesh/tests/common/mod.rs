@@ -166,3 +166,21 @@ pub async fn hold_completely(store: &StoreHandle, bundle: &TinyBundle, role: cha
     }
     assert!(complete(store, bundle.id).await, "bundle not complete");
 }
+
+/// A node config for a scenario whose topology is exactly the one the test
+/// builds: a fresh key, listening on loopback TCP (port 0), dialing
+/// `peers`, with nothing that could find a way around it (no mDNS, no
+/// Kademlia, no dialing of announced addresses, no peer book).
+pub fn isolated_config(peers: Vec<libp2p::Multiaddr>) -> chapar_mesh::NodeConfig {
+    let mut config = chapar_mesh::NodeConfig::new(
+        libp2p::identity::Keypair::generate_ed25519(),
+        vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+    );
+    config.peers = peers;
+    config.mdns = false;
+    config.kademlia = false;
+    config.target_peers = 0;
+    config.dial_learned_addrs = false;
+    config.use_peer_book = false;
+    config
+}
