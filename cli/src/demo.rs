@@ -110,7 +110,11 @@ async fn build_mesh(root: &Path, a: &DemoArgs) -> Result<Mesh> {
         "gateway",
         root,
         vec![c1_addr.clone(), c2_addr.clone()],
-        |c| c.scarce_uplink = true,
+        |c| {
+            // As `chapar-relay --scarce-uplink` does.
+            c.scarce_uplink = true;
+            c.resend_after = Duration::from_secs(30);
+        },
     )
     .await?;
     let gateway_addr = tcp_addr(&gateway).await?;
@@ -264,7 +268,7 @@ async fn run(root: &Path, a: &DemoArgs) -> Result<Report> {
     let mut opts = SealOptions::new(vec![key.to_public()]);
     opts.note = "Ward records and scans, night of the 25th.".into();
     opts.geometry = Geometry {
-        chunk_size: 256 * 1024,
+        chunk_size: 64 * 1024,
         ..opts.geometry
     };
     let sender_dir = root.join("sender");

@@ -129,7 +129,7 @@ impl Settings {
         if self.scarce_uplink {
             // A chunk that crossed the scarce link is shared on the far
             // side; it crosses again only if it seems lost for a while.
-            config.resend_after = Duration::from_secs(120);
+            config.resend_after = Duration::from_secs(30);
         }
         config
     }

@@ -223,16 +223,19 @@ pub(crate) async fn serve_chunks(
             return Err(PeerFault::Unexpected);
         };
         for id in ids {
-            let now = std::time::Instant::now();
-            let allowed = seeder.lock().map(|mut s| s.allow(&id, now)).unwrap_or(true);
-            if !allowed {
-                write_message(&mut stream, &Message::ChunkMissing(id))
-                    .await
-                    .map_err(FrameError::from)?;
-                continue;
-            }
-            let reply = match store.get_chunk(id).await {
-                Ok(Some(bytes)) => {
+            // Only a chunk held here counts as sent: asking the seeder
+            // first would mark as gone a chunk this node does not have yet.
+            let held = match store.get_chunk(id).await {
+                Ok(Some(bytes)) => Some(bytes),
+                _ => None,
+            };
+            let allowed = held.is_some()
+                && seeder
+                    .lock()
+                    .map(|mut s| s.allow(&id, std::time::Instant::now()))
+                    .unwrap_or(true);
+            let reply = match held {
+                Some(bytes) if allowed => {
                     served.chunks += 1;
                     served.bytes += bytes.len() as u64;
                     Message::ChunkData { id, bytes }
@@ -242,8 +245,10 @@ pub(crate) async fn serve_chunks(
             write_message(&mut stream, &reply)
                 .await
                 .map_err(FrameError::from)?;
-            if let Ok(mut s) = seeder.lock() {
-                s.finished(&id, std::time::Instant::now());
+            if allowed {
+                if let Ok(mut s) = seeder.lock() {
+                    s.finished(&id, std::time::Instant::now());
+                }
             }
         }
         stream.flush().await.map_err(FrameError::from)?;

@@ -340,7 +340,7 @@ impl Replicator {
                 let bundles = s.bundles()?;
                 for b in &bundles {
                     held_chunks += u64::from(b.record.held_chunks);
-                    if b.record.role == Role::Sealed || (seed_everything && b.record.complete()) {
+                    if b.record.role == Role::Sealed || (seed_everything && b.record.index_known) {
                         track_seeded(s, &seeder, b)?;
                     }
                     if b.record.complete() {
