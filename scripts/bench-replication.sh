@@ -10,7 +10,7 @@
 # start-up, the connection and the first inventory sync; the time from B's
 # "peer connected" to "bundle complete" is printed as well. Peak RSS is
 # each relay's VmHWM, read just before it is stopped. The baseline runs
-# three times after the relays have stopped; the median counts.
+# after each replication, as many times (RUNS, default 3); medians count.
 #
 # Usage: scripts/bench-replication.sh [SIZE_MIB]   (default: 256)
 # MB = 10^6 bytes. Writes into a temp folder under target/ and removes it.
@@ -64,51 +64,73 @@ wait_for() {
 # Seconds since the epoch of a tracing log line (its leading RFC 3339 stamp).
 stamp() { date -d "$(echo "$1" | awk '{print $1}')" +%s.%N; }
 peak_mib() { awk '/^VmHWM:/ {print $2/1024}' "/proc/$1/status"; }
+# CPU seconds (user + system) a process has used so far.
+cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 
 sync
-export CHAPAR_LOG=info NO_COLOR=1
+export CHAPAR_LOG=${BENCH_LOG:-info} NO_COLOR=1
 "$relay" --data-dir "$work/A" --listen /ip4/127.0.0.1/tcp/0 "${extra[@]}" 2>"$work/A.log" &
 pid_a=$!
 pids+=("$pid_a")
 addr_a=$(wait_for "$work/A.log" 'listening.*/p2p/' 30 | grep -o '/ip4/[^ ]*/p2p/[A-Za-z0-9]*')
-
-start=$(date +%s.%N)
-"$relay" --data-dir "$work/B" --listen /ip4/127.0.0.1/tcp/0 --peer "$addr_a" "${extra[@]}" 2>"$work/B.log" &
-pid_b=$!
-pids+=("$pid_b")
-done_line=$(wait_for "$work/B.log" 'bundle complete' 600)
-end=$(stamp "$done_line")
-connected=$(stamp "$(grep -m1 'peer connected' "$work/B.log")")
-rss_a=$(peak_mib "$pid_a")
-rss_b=$(peak_mib "$pid_b")
-kill "$pid_a" "$pid_b"
-wait "$pid_a" "$pid_b" 2>/dev/null || true
-pids=()
-"$chapar" --json status --data-dir "$work/B" | grep -q '"complete":true' ||
-  { echo "relay B does not hold the whole bundle" >&2; exit 1; }
-got=$(chunk_bytes "$work/B/chunks")
-[ "$got" -eq "$bytes" ] || { echo "relay B holds $got bytes of chunks, A $bytes" >&2; exit 1; }
-rm -rf "$work/A" "$work/B"
-
-secs=$(echo "$start $end" | awk '{print $2-$1}')
-xfer=$(echo "$connected $end" | awk '{print $2-$1}')
-rate=$(echo "$bytes $secs" | awk '{print $1/$2/1e6}')
-xrate=$(echo "$bytes $xfer" | awk '{print $1/$2/1e6}')
-
 "$baseline" serve >"$work/serve.out" 2>&1 &
 pids+=($!)
 addr_s=$(wait_for "$work/serve.out" '^listening' 30 | awk '{print $2}')
-raws=()
-for _ in 1 2 3; do
+
+# One replication into a fresh relay B; prints "seconds-from-start
+# seconds-from-connect peak-RSS-of-B".
+replicate() {
+  local start end connected done_line rss pid_b
+  rm -rf "$work/B"
+  start=$(date +%s.%N)
+  "$relay" --data-dir "$work/B" --listen /ip4/127.0.0.1/tcp/0 --peer "$addr_a" "${extra[@]}" 2>"$work/B.log" &
+  pid_b=$!
+  done_line=$(wait_for "$work/B.log" 'bundle complete' 600)
+  end=$(stamp "$done_line")
+  connected=$(stamp "$(grep -m1 'peer connected' "$work/B.log")")
+  rss=$(peak_mib "$pid_b")
+  cpu=$(cpu_secs "$pid_b")
+  kill "$pid_b"
+  wait "$pid_b" 2>/dev/null || true
+  "$chapar" --json status --data-dir "$work/B" | grep -q '"complete":true' ||
+    { echo "relay B does not hold the whole bundle" >&2; exit 1; }
+  got=$(chunk_bytes "$work/B/chunks")
+  [ "$got" -eq "$bytes" ] || { echo "relay B holds $got bytes of chunks, A $bytes" >&2; exit 1; }
+  [ -n "${KEEP_LOGS:-}" ] && cp "$work/B.log" "$KEEP_LOGS"/
+  echo "$start $end $connected $rss $cpu" | awk '{print $2-$1, $2-$3, $4, $5}'
+}
+
+# Replication and the raw baseline take turns, so both see the same load.
+runs=${RUNS:-3}
+secs=() xfers=() raws=() cpus=() rss_b=0
+cpu_a0=$(cpu_secs "$pid_a")
+for _ in $(seq "$runs"); do
+  read -r s x r c < <(replicate)
+  secs+=("$s") xfers+=("$x") cpus+=("$c")
+  rss_b=$(echo "$rss_b $r" | awk '{print ($2 > $1) ? $2 : $1}')
   raws+=("$("$baseline" send "$addr_s" "$bytes" | awk '{print $7}')")
 done
-raw=$(printf '%s\n' "${raws[@]}" | sort -n | sed -n 2p)
+rss_a=$(peak_mib "$pid_a")
+cpu_a=$(echo "$cpu_a0 $(cpu_secs "$pid_a") $runs" | awk '{print ($2 - $1) / $3}')
+[ -n "${KEEP_LOGS:-}" ] && cp "$work/A.log" "$KEEP_LOGS"/
+
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+list() { printf '%s ' "$@" | sed 's/ $//; s/ /, /g'; }
+raw=$(median "${raws[@]}")
+sec=$(median "${secs[@]}")
+xfer=$(median "${xfers[@]}")
+rate=$(echo "$bytes $sec" | awk '{print $1/$2/1e6}')
+xrate=$(echo "$bytes $xfer" | awk '{print $1/$2/1e6}')
 
 printf 'bundle: %s MiB of input, %d bytes of chunk files (parity included)\n' "$mib" "$bytes"
-printf 'raw libp2p-stream (TCP+Noise+Yamux), 3 runs: %s MB/s; median %.1f MB/s\n' \
-  "$(printf '%s ' "${raws[@]}" | sed 's/ $//; s/ /, /g')" "$raw"
-printf 'relay replication: %.2f s from B start: %8.1f MB/s  (%.2fx raw)\n' \
-  "$secs" "$rate" "$(echo "$rate $raw" | awk '{print $1/$2}')"
-printf '                   %.2f s from connect:  %8.1f MB/s  (%.2fx raw)\n' \
+printf 'raw libp2p-stream (TCP+Noise+Yamux), %d runs: %s MB/s; median %.1f MB/s\n' \
+  "$runs" "$(list "${raws[@]}")" "$raw"
+printf 'relay replication, %d runs: %s s from B start, %s s from connect\n' \
+  "$runs" "$(list "${secs[@]}")" "$(list "${xfers[@]}")"
+printf 'median from B start: %.2f s  %8.1f MB/s  (%.2fx raw)\n' \
+  "$sec" "$rate" "$(echo "$rate $raw" | awk '{print $1/$2}')"
+printf 'median from connect: %.2f s  %8.1f MB/s  (%.2fx raw)\n' \
   "$xfer" "$xrate" "$(echo "$xrate $raw" | awk '{print $1/$2}')"
-printf 'peak RSS: relay A (serving) %.1f MiB, relay B (fetching) %.1f MiB\n' "$rss_a" "$rss_b"
+printf 'CPU seconds per replication: relay A (serving) %.2f (mean), relay B (fetching) %s\n' \
+  "$cpu_a" "$(list "${cpus[@]}")"
+printf 'peak RSS: relay A (serving) %.1f MiB, relay B (fetching, highest of the runs) %.1f MiB\n' "$rss_a" "$rss_b"

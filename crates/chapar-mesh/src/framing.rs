@@ -39,17 +39,16 @@ pub async fn read_message<S: AsyncRead + Unpin>(
     // Grow with what actually arrives (a peer that announces a large frame
     // and sends nothing costs nothing), reading straight into the body.
     let mut body: Vec<u8> = Vec::new();
-    while body.len() < len {
-        let start = body.len();
-        if start == body.capacity() {
-            let grow = body.capacity().max(64 * 1024).min(len - start);
-            body.reserve_exact(grow);
+    let mut filled = 0;
+    while filled < len {
+        if filled == body.len() {
+            // Each byte is zeroed once, as the buffer grows by doubling.
+            let grow = body.len().max(64 * 1024).min(len - filled);
+            body.resize(filled + grow, 0);
         }
-        let end = body.capacity().min(len);
-        body.resize(end, 0);
-        match patiently(idle, stream.read(&mut body[start..end])).await {
+        match patiently(idle, stream.read(&mut body[filled..])).await {
             Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => body.truncate(start + n),
+            Ok(n) => filled += n,
             Err(e) => return Err(e.into()),
         }
     }

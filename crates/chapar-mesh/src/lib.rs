@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod behaviour;
+mod fetch;
 mod framing;
 mod gate;
 mod keyfile;

@@ -44,14 +44,18 @@ const MAX_REQUEST_FRAME: usize = 1 + 2 + 32 * chapar_wire::MAX_CHUNKS_PER_REQUES
 
 /// How long a peer may keep us waiting for its next frame. Silence is a
 /// failed link, not misbehaviour, but it must not hold a stream forever.
-const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Reads the next frame, giving up after [`IDLE`] without progress.
-async fn next(stream: &mut Stream, max: usize) -> Result<Option<Message>, PeerFault> {
+async fn next<S: futures::AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+) -> Result<Option<Message>, PeerFault> {
     Ok(read_message(stream, max, IDLE).await?)
 }
 
-fn eof() -> PeerFault {
+/// A stream that ended or failed: a failed link, not misbehaviour.
+pub(crate) fn failed_link() -> PeerFault {
     PeerFault::Frame(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()))
 }
 
@@ -176,7 +180,7 @@ pub(crate) async fn sync_out(
         Some(Message::SyncResponse(r)) => r,
         // A stream that ends early is a link that failed (yamux reports a
         // reset or a closed connection as a clean end), not misbehaviour.
-        None => return Err(eof()),
+        None => return Err(failed_link()),
         Some(_) => return Err(PeerFault::Unexpected),
     };
     let _ = stream.close().await;
@@ -191,7 +195,7 @@ pub(crate) async fn sync_in(
 ) -> Result<Inventory, PeerFault> {
     let theirs = match next(&mut stream, Message::MAX_SYNC_FRAME).await? {
         Some(Message::SyncRequest(inv)) => inv,
-        None => return Err(eof()),
+        None => return Err(failed_link()),
         Some(_) => return Err(PeerFault::Unexpected),
     };
     let response = respond_to(store, &theirs)
@@ -212,43 +216,38 @@ pub(crate) struct Served {
 }
 
 /// Server side of chunk transfer: answer requests until the peer closes.
+///
+/// Each chunk is read from the store while the one before it is being
+/// written, so the link does not wait on the disk. (Requests pipelined by
+/// the requester wait in the stream until their turn.)
 pub(crate) async fn serve_chunks(
     store: &StoreHandle,
     mut stream: Stream,
     seeder: &std::sync::Mutex<crate::seed::Seeder>,
+    stats: &crate::metrics::NodeStats,
 ) -> Result<Served, PeerFault> {
     let mut served = Served::default();
     while let Some(message) = next(&mut stream, MAX_REQUEST_FRAME).await? {
         let Message::ChunkRequest(ids) = message else {
             return Err(PeerFault::Unexpected);
         };
-        for id in ids {
-            // Only a chunk held here counts as sent: asking the seeder
-            // first would mark as gone a chunk this node does not have yet.
-            let held = match store.get_chunk(id).await {
-                Ok(Some(bytes)) => Some(bytes),
-                _ => None,
+        let load = |id: ChunkId| {
+            let store = store.clone();
+            tokio::spawn(async move { store.get_chunk(id).await.ok().flatten() })
+        };
+        let mut ahead = ids.first().map(|id| load(*id));
+        for (i, id) in ids.iter().enumerate() {
+            let held = match ahead.take() {
+                Some(task) => task.await.ok().flatten(),
+                None => None,
             };
-            let allowed = held.is_some()
-                && seeder
-                    .lock()
-                    .map(|mut s| s.allow(&id, std::time::Instant::now()))
-                    .unwrap_or(true);
-            let reply = match held {
-                Some(bytes) if allowed => {
-                    served.chunks += 1;
-                    served.bytes += bytes.len() as u64;
-                    Message::ChunkData { id, bytes }
-                }
-                _ => Message::ChunkMissing(id),
-            };
-            write_message(&mut stream, &reply)
-                .await
-                .map_err(FrameError::from)?;
-            if allowed {
-                if let Ok(mut s) = seeder.lock() {
-                    s.finished(&id, std::time::Instant::now());
-                }
+            ahead = ids.get(i + 1).map(|next| load(*next));
+            if let Some(bytes) = answer(&mut stream, *id, held, seeder).await? {
+                // Counted as each goes: a stream may stay open a while.
+                stats.chunks_served.inc();
+                stats.bytes_served.inc_by(bytes as u64);
+                served.chunks += 1;
+                served.bytes += bytes as u64;
             }
         }
         stream.flush().await.map_err(FrameError::from)?;
@@ -256,82 +255,35 @@ pub(crate) async fn serve_chunks(
     Ok(served)
 }
 
-/// What a fetch brought.
-#[derive(Debug, Default)]
-pub(crate) struct Fetched {
-    /// Chunks received and verified (stored or already held).
-    pub(crate) received: usize,
-    pub(crate) stored: Vec<ChunkId>,
-    pub(crate) missing: Vec<ChunkId>,
-    pub(crate) bytes: u64,
-}
-
-/// Requester side: ask for `ids`, store what comes (the store verifies
-/// each chunk against its id, once), and report a peer whose chunk did not
-/// match as a fault: nothing more is taken from it.
-///
-/// `budget` is the most the answers may weigh in all (each chunk at most
-/// its bundle's chunk size): a peer that sends more is cut off as it does,
-/// before the bytes are held, since they are checked only when stored.
-pub(crate) async fn fetch_chunks(
-    store: &StoreHandle,
-    mut stream: Stream,
-    ids: Vec<ChunkId>,
-    budget: u64,
-) -> Result<Fetched, PeerFault> {
-    write_message(&mut stream, &Message::ChunkRequest(ids.clone()))
+/// Sends one answer: the chunk, if it is held here and the super-seeder
+/// lets it leave now, else `ChunkMissing`. Returns the bytes sent.
+async fn answer(
+    writing: &mut Stream,
+    id: ChunkId,
+    held: Option<Vec<u8>>,
+    seeder: &std::sync::Mutex<crate::seed::Seeder>,
+) -> Result<Option<usize>, PeerFault> {
+    // Only a chunk held here counts as sent: asking the seeder first
+    // would mark as gone a chunk this node does not have yet.
+    let allowed = held.is_some()
+        && seeder
+            .lock()
+            .map(|mut s| s.allow(&id, std::time::Instant::now()))
+            .unwrap_or(true);
+    let (reply, sent) = match held {
+        Some(bytes) if allowed => {
+            let n = bytes.len();
+            (Message::ChunkData { id, bytes }, Some(n))
+        }
+        _ => (Message::ChunkMissing(id), None),
+    };
+    write_message(writing, &reply)
         .await
         .map_err(FrameError::from)?;
-    let mut fetched = Fetched::default();
-    let mut arrived = Vec::with_capacity(ids.len());
-    let mut fault = None;
-    let mut weight = 0u64;
-    for expected in &ids {
-        let room = usize::try_from(budget.saturating_sub(weight)).unwrap_or(usize::MAX);
-        let max = (1 + 32 + room).min(Message::MAX_CHUNK_FRAME);
-        match next(&mut stream, max).await {
-            Ok(Some(Message::ChunkData { id, bytes })) if id == *expected => {
-                weight += bytes.len() as u64;
-                arrived.push((id, bytes));
-            }
-            Ok(Some(Message::ChunkMissing(id))) if id == *expected => fetched.missing.push(id),
-            Ok(None) => {
-                fault = Some(eof());
-                break;
-            }
-            Ok(Some(_)) => {
-                fault = Some(PeerFault::Unexpected);
-                break;
-            }
-            Err(e) => {
-                fault = Some(e);
-                break;
-            }
+    if allowed {
+        if let Ok(mut s) = seeder.lock() {
+            s.finished(&id, std::time::Instant::now());
         }
     }
-    let _ = stream.close().await;
-    let sizes: Vec<(ChunkId, u64)> = arrived
-        .iter()
-        .map(|(id, b)| (*id, b.len() as u64))
-        .collect();
-    // Keep what verified even when the peer then failed or lied.
-    let report = store
-        .put_chunks(arrived)
-        .await
-        .map_err(|e| PeerFault::Frame(FrameError::Io(std::io::Error::other(e))))?;
-    let bad: HashSet<ChunkId> = report.mismatched.iter().copied().collect();
-    for (id, len) in sizes {
-        if !bad.contains(&id) {
-            fetched.received += 1;
-            fetched.bytes += len;
-        }
-    }
-    fetched.stored = report.stored;
-    if let Some(id) = report.mismatched.first() {
-        return Err(PeerFault::BadChunk(*id));
-    }
-    match fault {
-        Some(f) => Err(f),
-        None => Ok(fetched),
-    }
+    Ok(sent)
 }

@@ -8,24 +8,26 @@ use std::time::Duration;
 
 use chapar_format::{BundleId, ChunkId, Descriptor};
 use chapar_store::{Role, StoreError, StoreHandle};
-use chapar_wire::{ReceiptMessage, CHUNK_PROTOCOL, DESCRIPTOR_TOPIC, RECEIPT_TOPIC, SYNC_PROTOCOL};
+use chapar_wire::{ReceiptMessage, DESCRIPTOR_TOPIC, RECEIPT_TOPIC, SYNC_PROTOCOL};
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::fetch::{self, Batch, Fetched, Report, Session};
 use crate::framing::FrameError;
 use crate::gate::{expiry_is_sane, DescriptorGate};
 use crate::metrics::NodeStats;
 use crate::peerbook::PeerRecord;
 use crate::plan::{plan, Holding, Limits, Want};
-use crate::protocols::{fetch_chunks, sync_out, Fetched, PeerFault};
+use crate::protocols::{sync_out, PeerFault};
 use crate::seed::Seeder;
 use crate::serve::report_fault;
 use crate::swarm::{Command, SwarmNews};
 
-/// Bytes asked for in one chunk stream. Several smaller streams per peer
-/// keep the link busy while an earlier batch is being written to disk.
+/// Bytes asked for in one request: the unit of a group commit. Several
+/// are in flight per peer, so the link stays busy while an earlier batch
+/// is being written to disk.
 const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// How often a peer's entry in the peer book is rewritten while it stays.
 const PEERBOOK_REFRESH: Duration = Duration::from_secs(600);
@@ -33,7 +35,7 @@ const PEERBOOK_REFRESH: Duration = Duration::from_secs(600);
 /// What the replicator hears from the tasks it starts.
 enum Outcome {
     Synced(PeerId, Result<chapar_wire::Inventory, PeerFault>),
-    Fetched(PeerId, Vec<ChunkId>, u64, Result<Fetched, PeerFault>),
+    Fetched(PeerId, Batch, Result<Fetched, PeerFault>),
 }
 
 struct PeerState {
@@ -113,12 +115,35 @@ struct Books {
     /// Which bundle each chunk in flight belongs to.
     chunk_bundle: HashMap<ChunkId, BundleId>,
     peerbook_written: HashMap<PeerId, Instant>,
+    /// The chunk session with each peer chunks are being fetched from.
+    sessions: HashMap<PeerId, Session>,
 }
 
 /// How long a chunk a seeding peer declined is sought elsewhere first.
 const DECLINED_FOR: Duration = Duration::from_secs(30);
 
 impl Books {
+    /// Frees bytes of a peer's in-flight budget.
+    fn release_bytes(&mut self, peer: PeerId, bytes: u64) {
+        if let Some(b) = self.in_flight_bytes.get_mut(&peer) {
+            *b = b.saturating_sub(bytes);
+        }
+    }
+
+    /// Frees what a batch reserved; returns the bundle of each of its
+    /// chunks.
+    fn release(&mut self, peer: PeerId, batch: &Batch) -> Vec<(ChunkId, BundleId)> {
+        for c in &batch.ids {
+            self.in_flight.remove(c);
+        }
+        self.release_bytes(peer, batch.bytes);
+        batch
+            .ids
+            .iter()
+            .filter_map(|c| Some((*c, self.chunk_bundle.remove(c)?)))
+            .collect()
+    }
+
     /// Whether `peer` said it holds the whole of `bundle`.
     fn holds_whole(&self, peer: &PeerId, bundle: &BundleId) -> bool {
         self.peers
@@ -129,7 +154,7 @@ impl Books {
 }
 
 /// Opens a stream, giving up after 30 s (libp2p sets no limit).
-async fn open_stream(
+pub(crate) async fn open_stream(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
     protocol: &'static str,
@@ -154,6 +179,13 @@ impl Replicator {
         mut inventories: mpsc::Receiver<(PeerId, chapar_wire::Inventory)>,
     ) {
         let (done_tx, mut done) = mpsc::channel::<Outcome>(256);
+        let (reports_tx, mut reports) = mpsc::channel::<Report>(256);
+        let sessions = fetch::Context {
+            store: self.store.clone(),
+            control: self.control.clone(),
+            reports: reports_tx,
+            backlog: Arc::new(tokio::sync::Semaphore::new(fetch::COMMIT_BACKLOG as usize)),
+        };
         let mut books = Books::default();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
@@ -172,12 +204,20 @@ impl Replicator {
                 Some((peer, inventory)) = inventories.recv() => self.learn(&mut books, peer, &inventory),
                 Some(outcome) = done.recv() => {
                     self.on_outcome(outcome, &mut books).await;
+                }
+                Some(report) = reports.recv() => {
+                    match report {
+                        Report::Arrived { peer, bytes } => books.release_bytes(peer, bytes),
+                        Report::Done(peer, batch, result) => {
+                            self.on_outcome(Outcome::Fetched(peer, batch, result), &mut books).await;
+                        }
+                    }
                     // Refill the pipeline now rather than at the next tick.
-                    self.start_fetches(&mut books, &done_tx).await;
+                    self.start_fetches(&mut books, &sessions).await;
                 }
                 _ = tick.tick() => {
                     self.start_syncs(&mut books, &done_tx);
-                    self.start_fetches(&mut books, &done_tx).await;
+                    self.start_fetches(&mut books, &sessions).await;
                 }
             }
         }
@@ -197,6 +237,7 @@ impl Replicator {
             }
             SwarmNews::PeerDown(peer) => {
                 books.peers.remove(&peer);
+                books.sessions.remove(&peer);
                 books.not_there.retain(|(p, _)| *p != peer);
                 if let Ok(mut h) = self.holdings.lock() {
                     h.remove(&peer);
@@ -395,7 +436,7 @@ impl Replicator {
         wants
     }
 
-    async fn start_fetches(&self, books: &mut Books, done: &mpsc::Sender<Outcome>) {
+    async fn start_fetches(&self, books: &mut Books, sessions: &fetch::Context) {
         // Scanned even when no peer holds anything: the scan also starts
         // super-seeding a bundle sealed here before its first chunk leaves.
         let mut wants = self.wants(books).await;
@@ -435,26 +476,34 @@ impl Replicator {
             .flat_map(|w| w.missing.iter().map(move |c| (*c, w.bundle)))
             .collect();
         for (peer, ids) in requests {
-            for (batch, bytes) in batches(&ids, &chunk_size) {
-                books.in_flight.extend(batch.iter().copied());
-                for c in &batch {
+            for (ids, bytes) in batches(&ids, &chunk_size) {
+                books.in_flight.extend(ids.iter().copied());
+                for c in &ids {
                     if let Some(b) = bundle_of.get(c) {
                         books.chunk_bundle.insert(*c, *b);
                     }
                 }
                 *books.in_flight_bytes.entry(peer).or_default() += bytes;
-                let (store, mut control, done) =
-                    (self.store.clone(), self.control.clone(), done.clone());
-                tokio::spawn(async move {
-                    let result = match open_stream(&mut control, peer, CHUNK_PROTOCOL).await {
-                        Ok(stream) => fetch_chunks(&store, stream, batch.clone(), bytes).await,
-                        Err(e) => Err(e),
-                    };
-                    let _ = done
-                        .send(Outcome::Fetched(peer, batch, bytes, result))
-                        .await;
-                });
+                self.dispatch(books, peer, Batch { ids, bytes }, sessions);
             }
+        }
+    }
+
+    /// Hands a batch to the peer's chunk session, starting one if there is
+    /// none or the last has ended.
+    fn dispatch(&self, books: &mut Books, peer: PeerId, batch: Batch, sessions: &fetch::Context) {
+        let start = || fetch::start(sessions.clone(), peer);
+        let session = books.sessions.entry(peer).or_insert_with(start);
+        if session.is_closed() {
+            *session = start();
+        }
+        if let Err(refused) = session.try_send(batch) {
+            // Full, or ended just now: the reservation goes back, and the
+            // chunks are planned again.
+            let batch = match refused {
+                mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b,
+            };
+            books.release(peer, &batch);
         }
     }
 
@@ -519,17 +568,8 @@ impl Replicator {
                     Err(fault) => report_fault(&self.commands, peer, &fault, self.ban_for).await,
                 }
             }
-            Outcome::Fetched(peer, batch, bytes, result) => {
-                for c in &batch {
-                    books.in_flight.remove(c);
-                }
-                let batch_bundles: Vec<(ChunkId, BundleId)> = batch
-                    .iter()
-                    .filter_map(|c| Some((*c, books.chunk_bundle.remove(c)?)))
-                    .collect();
-                if let Some(b) = books.in_flight_bytes.get_mut(&peer) {
-                    *b = b.saturating_sub(bytes);
-                }
+            Outcome::Fetched(peer, batch, result) => {
+                let batch_bundles = books.release(peer, &batch);
                 match result {
                     Ok(fetched) => {
                         tracing::debug!(%peer, stored = fetched.stored.len(), bytes = fetched.bytes, "fetched chunks");
@@ -551,6 +591,7 @@ impl Replicator {
                     Err(fault) => {
                         if fault.is_misbehaviour() {
                             books.peers.remove(&peer);
+                            books.sessions.remove(&peer);
                         }
                         report_fault(&self.commands, peer, &fault, self.ban_for).await;
                     }

@@ -126,10 +126,8 @@ impl Servers {
             };
             let this = self.clone();
             tokio::spawn(async move {
-                match serve_chunks(&this.store, stream, &this.seeder).await {
+                match serve_chunks(&this.store, stream, &this.seeder, &this.stats).await {
                     Ok(served) => {
-                        this.stats.chunks_served.inc_by(served.chunks);
-                        this.stats.bytes_served.inc_by(served.bytes);
                         tracing::debug!(%peer, bytes = served.bytes, "served chunks");
                     }
                     Err(fault) => report_fault(&this.commands, peer, &fault, this.ban_for).await,
