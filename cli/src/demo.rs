@@ -271,12 +271,9 @@ async fn run(root: &Path, a: &DemoArgs) -> Result<Report> {
         chunk_size: 64 * 1024,
         ..opts.geometry
     };
-    let sender_dir = root.join("sender");
     let store = mesh.sender.store.store().clone();
-    let (id, files, bytes) = tokio::task::spawn_blocking(move || {
-        seal_into_store(&store, &sender_dir, &opts, &[evidence])
-    })
-    .await??;
+    let (id, files, bytes) =
+        tokio::task::spawn_blocking(move || seal_into_store(&store, &opts, &[evidence])).await??;
     let sealed_record = mesh.sender.store.record(id).await?;
     let total = u64::from(sealed_record.known_chunks);
     let bundle_bytes = sealed_record.held_bytes;

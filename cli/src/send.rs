@@ -5,10 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use chapar_format::{BundleId, Descriptor};
 use chapar_mesh::{Fetch, NodeHandle};
-use chapar_store::{import_folder, Role, Store, StoreError, StoreHandle};
+use chapar_store::{Role, Store, StoreError, StoreHandle};
 use serde_json::json;
 
 use crate::args::{SendArgs, Until};
@@ -16,26 +16,14 @@ use crate::commands::{seal_options, Report};
 use crate::net::{interrupted, progress_mode, runtime, start_node, TICK};
 use crate::progress::{Progress, SendStage};
 
-/// Seals `paths` into the store (through a folder beside it, removed
-/// afterwards) and returns the new bundle's id.
+/// Seals `paths` into the store (each chunk written once) and returns the
+/// new bundle's id, file count and input bytes.
 pub(crate) fn seal_into_store(
     store: &Store,
-    dir: &Path,
     opts: &chapar_bundle::SealOptions,
     paths: &[PathBuf],
 ) -> Result<(BundleId, u64, u64)> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let folder = dir.join(format!("sealing-{}-{nanos}", std::process::id()));
-    let sealed = chapar_bundle::seal_to_folder(paths, opts, &folder);
-    let imported = sealed
-        .as_ref()
-        .ok()
-        .map(|_| import_folder(store, &folder, Role::Sealed, |_| {}));
-    let _ = std::fs::remove_dir_all(&folder);
-    let sealed = sealed?;
-    let report = imported.context("import after sealing")??;
+    let (sealed, report) = chapar_store::seal_into(store, paths, opts, Role::Sealed)?;
     if !report.complete {
         bail!("the sealed bundle is incomplete in the store (disk trouble?)");
     }
@@ -116,7 +104,6 @@ pub fn send(a: SendArgs) -> Result<Report> {
     if !a.paths.is_empty() {
         sealed_now = Some(seal_into_store(
             &store,
-            &dir,
             &seal_options(&a.sealing)?,
             &a.paths,
         )?);

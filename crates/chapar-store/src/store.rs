@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use chapar_format::{read_index, BundleId, ChunkId, ChunkSource, Descriptor, MAX_CHUNK_SIZE};
 use redb::{Database, ReadableDatabase, ReadableMultimapTable, ReadableTable, WriteTransaction};
 
-use crate::chunks::{ChunkFiles, FsChunks, MemChunks};
+use crate::chunks::{ChunkFiles, FsChunks, MemChunks, Staged};
 use crate::error::StoreError;
 use crate::quota::{plan_eviction, Candidate};
 use crate::record::{BundleRecord, Role};
@@ -47,6 +47,29 @@ pub struct BundleStatus {
     pub record: BundleRecord,
     /// Ciphertext bytes.
     pub ciphertext_size: u64,
+}
+
+/// A batch of chunks on its way into the store.
+struct Admission {
+    report: PutReport,
+    /// Chunks to record, with their lengths.
+    fresh: Vec<(ChunkId, u32)>,
+    staged: Vec<Staged>,
+    /// Bundles that want the chunks (kept from eviction; their indexes
+    /// are read after the commit).
+    owners: Vec<BundleId>,
+    /// Bytes admitted so far.
+    pending: u64,
+    used: u64,
+    quota: Option<u64>,
+}
+
+impl Admission {
+    fn accept(&mut self, id: ChunkId, len: u32, staged: Staged) {
+        self.staged.push(staged);
+        self.pending += u64::from(len);
+        self.fresh.push((id, len));
+    }
 }
 
 /// A chunk store in a data directory (or in memory).
@@ -425,25 +448,135 @@ impl Store {
         B: AsRef<[u8]>,
     {
         let writing = self.write_guard();
-        let mut report = PutReport::default();
-        let mut fresh: Vec<(ChunkId, u32)> = Vec::new();
-        let mut staged = Vec::new();
-        let mut owners: Vec<BundleId> = Vec::new();
-        let mut pending = 0u64;
-        let quota = self.quota()?;
-        let staging = self.stage_batch(
-            batch,
-            &mut report,
-            &mut fresh,
-            &mut staged,
-            &mut owners,
-            &mut pending,
-            quota,
-        );
+        let mut a = self.admission()?;
+        let staging = (|| {
+            for (id, bytes) in batch {
+                let bytes = bytes.as_ref();
+                if bytes.len() > MAX_CHUNK_SIZE as usize || !id.matches(bytes) {
+                    a.report.mismatched.push(id);
+                    continue;
+                }
+                if self.admit(&mut a, &id, bytes.len() as u64)? {
+                    let staged = self
+                        .files
+                        .stage(&id, bytes)
+                        .map_err(StoreError::io(self.chunk_label(&id)))?;
+                    a.accept(id, bytes.len() as u32, staged);
+                }
+            }
+            Ok(())
+        })();
         if let Err(e) = staging {
-            self.files.discard(staged);
+            self.files.discard(a.staged);
             return Err(e);
         }
+        self.commit_admitted(a, writing)
+    }
+
+    /// Stores chunks already written to the staging area by
+    /// [`Store::stage_chunk`] (each `id` the BLAKE3 of what was written,
+    /// as a [`chapar_format::ChunkSink`] is given it): the same rules and
+    /// group commit as [`Store::put_chunks`], without writing the bytes a
+    /// second time. Staged chunks not taken are deleted.
+    pub(crate) fn put_staged(
+        &self,
+        batch: Vec<(ChunkId, u32, Staged)>,
+    ) -> Result<PutReport, StoreError> {
+        let writing = self.write_guard();
+        let mut a = self.admission()?;
+        let mut refused = Vec::new();
+        let mut batch = batch.into_iter();
+        let admitting = (|| {
+            for (id, len, staged) in batch.by_ref() {
+                if self.admit(&mut a, &id, u64::from(len))? {
+                    a.accept(id, len, staged);
+                } else {
+                    refused.push(staged);
+                }
+            }
+            Ok(())
+        })();
+        self.files.discard(refused);
+        if let Err(e) = admitting {
+            self.files.discard(a.staged);
+            self.files.discard(batch.map(|(_, _, s)| s).collect());
+            return Err(e);
+        }
+        self.commit_admitted(a, writing)
+    }
+
+    /// Writes a chunk into the staging area, for [`Store::put_staged`].
+    pub(crate) fn stage_chunk(&self, id: &ChunkId, bytes: &[u8]) -> Result<Staged, StoreError> {
+        self.files
+            .stage(id, bytes)
+            .map_err(StoreError::io(self.chunk_label(id)))
+    }
+
+    /// Deletes staged chunks that will not be stored.
+    pub(crate) fn discard_staged(&self, staged: Vec<Staged>) {
+        self.files.discard(staged);
+    }
+
+    fn admission(&self) -> Result<Admission, StoreError> {
+        let quota = self.quota()?;
+        // Read once; re-read only after an eviction changes it.
+        let used = match quota {
+            Some(_) => self.used_bytes()?,
+            None => 0,
+        };
+        Ok(Admission {
+            report: PutReport::default(),
+            fresh: Vec::new(),
+            staged: Vec::new(),
+            owners: Vec::new(),
+            pending: 0,
+            used,
+            quota,
+        })
+    }
+
+    /// Whether a verified chunk of `len` bytes is to be stored: not held
+    /// (nor already in this batch) and wanted by a bundle here; makes room
+    /// under the quota if need be.
+    fn admit(&self, a: &mut Admission, id: &ChunkId, len: u64) -> Result<bool, StoreError> {
+        let (held, wanted_by) = self.standing(id)?;
+        if held || a.fresh.iter().any(|(f, _)| f == id) {
+            a.report.duplicates += 1;
+            return Ok(false);
+        }
+        if wanted_by.is_empty() {
+            a.report.unwanted.push(*id);
+            return Ok(false);
+        }
+        for b in wanted_by {
+            if !a.owners.contains(&b) {
+                a.owners.push(b);
+            }
+        }
+        if let Some(quota) = a.quota {
+            if a.used + a.pending + len > quota {
+                let evicted = self.make_room(a.pending + len, &a.owners)?;
+                a.report.evicted.extend(evicted);
+                a.used = self.used_bytes()?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Makes a batch's staged chunks durable, then records them in one
+    /// transaction (the second half of [`Store::put_chunks`]).
+    fn commit_admitted(
+        &self,
+        a: Admission,
+        writing: std::sync::MutexGuard<'_, ()>,
+    ) -> Result<PutReport, StoreError> {
+        let Admission {
+            mut report,
+            fresh,
+            staged,
+            owners,
+            ..
+        } = a;
         if fresh.is_empty() {
             return Ok(report);
         }
@@ -477,66 +610,6 @@ impl Store {
             self.learn_index(&owner)?;
         }
         Ok(report)
-    }
-
-    /// Verifies, checks and stages each chunk of a batch (the first half
-    /// of [`Store::put_chunks`]).
-    #[allow(clippy::too_many_arguments)]
-    fn stage_batch<I, B>(
-        &self,
-        batch: I,
-        report: &mut PutReport,
-        fresh: &mut Vec<(ChunkId, u32)>,
-        staged: &mut Vec<crate::chunks::Staged>,
-        owners: &mut Vec<BundleId>,
-        pending: &mut u64,
-        quota: Option<u64>,
-    ) -> Result<(), StoreError>
-    where
-        I: IntoIterator<Item = (ChunkId, B)>,
-        B: AsRef<[u8]>,
-    {
-        // Read once; re-read only after an eviction changes it.
-        let mut used = match quota {
-            Some(_) => self.used_bytes()?,
-            None => 0,
-        };
-        for (id, bytes) in batch {
-            let bytes = bytes.as_ref();
-            if bytes.len() > MAX_CHUNK_SIZE as usize || !id.matches(bytes) {
-                report.mismatched.push(id);
-                continue;
-            }
-            let (held, wanted_by) = self.standing(&id)?;
-            if held || fresh.iter().any(|(f, _)| *f == id) {
-                report.duplicates += 1;
-                continue;
-            }
-            if wanted_by.is_empty() {
-                report.unwanted.push(id);
-                continue;
-            }
-            for b in wanted_by {
-                if !owners.contains(&b) {
-                    owners.push(b);
-                }
-            }
-            if let Some(quota) = quota {
-                if used + *pending + bytes.len() as u64 > quota {
-                    let evicted = self.make_room(*pending + bytes.len() as u64, owners)?;
-                    report.evicted.extend(evicted);
-                    used = self.used_bytes()?;
-                }
-            }
-            staged.push(
-                self.files
-                    .stage(&id, bytes)
-                    .map_err(StoreError::io(self.chunk_label(&id)))?,
-            );
-            *pending += bytes.len() as u64;
-            fresh.push((id, bytes.len() as u32));
-        }
-        Ok(())
     }
 
     /// Whether chunk `id` is held, and which bundles want it: one read

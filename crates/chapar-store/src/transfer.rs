@@ -11,7 +11,7 @@ use crate::record::Role;
 use crate::store::Store;
 
 /// Chunks per group commit when importing.
-const IMPORT_BATCH: usize = 64;
+pub(crate) const IMPORT_BATCH: usize = 64;
 
 /// What an import took in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

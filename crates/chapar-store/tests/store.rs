@@ -558,3 +558,73 @@ fn held_ids(store: &Store) -> Vec<BundleId> {
         .map(|b| b.id)
         .collect()
 }
+
+/// Sealing straight into a store gives the same bundle a sealed folder
+/// would (it exports and opens byte for byte, fsck finds nothing), stages
+/// nothing that outlives the seal, and a seal that fails leaves nothing.
+fn sealing_into_the_store(store: Store, staging: Option<&Path>) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let left_in_staging = || staging.map_or(0, |d| fs::read_dir(d).expect("tmp").count());
+    let stripe = (CHUNK * 4) as usize;
+    for (i, size) in [0, 1, 1024, stripe + 1, 3 * stripe + 17]
+        .into_iter()
+        .enumerate()
+    {
+        let input = tmp.path().join(format!("s{i}-in"));
+        fs::create_dir_all(&input).expect("mkdir");
+        fs::write(input.join("evidence.bin"), bytes(size, i as u64)).expect("write");
+        let key = age::x25519::Identity::generate();
+        let mut opts = SealOptions::new(vec![key.to_public()]);
+        opts.geometry = Geometry {
+            chunk_size: CHUNK,
+            data_per_stripe: 4,
+            parity_per_stripe: 2,
+        };
+        let (sealed, report) =
+            chapar_store::seal_into(&store, std::slice::from_ref(&input), &opts, Role::Sealed)
+                .expect("seal into the store");
+        assert!(
+            report.complete && report.new_bundle,
+            "size {size}: {report:?}"
+        );
+        assert!(report.missing.is_empty());
+        let record = store.record(&sealed.bundle_id).expect("record");
+        assert_eq!(record.role, Role::Sealed);
+        assert_eq!(report.stored as u32, record.known_chunks, "size {size}");
+        assert_eq!(left_in_staging(), 0, "size {size}: staged files left");
+        let out = tmp.path().join(format!("export{i}"));
+        assert!(
+            export_folder(&store, &sealed.bundle_id, &out)
+                .expect("export")
+                .complete
+        );
+        let opened = tmp.path().join(format!("open{i}"));
+        open_folder(&out, &[key], &opened).expect("opens");
+        assert_eq!(
+            fs::read(opened.join(format!("s{i}-in/evidence.bin"))).expect("read"),
+            bytes(size, i as u64),
+            "size {size}"
+        );
+    }
+    assert!(!store.fsck(false).expect("fsck").damaged());
+
+    let before = store.bundles().expect("bundles").len();
+    let opts = SealOptions::new(vec![age::x25519::Identity::generate().to_public()]);
+    let missing = tmp.path().join("no-such-input");
+    let failed = chapar_store::seal_into(&store, &[missing], &opts, Role::Sealed);
+    assert!(failed.is_err(), "sealing a missing path must fail");
+    assert_eq!(store.bundles().expect("bundles").len(), before);
+    assert_eq!(left_in_staging(), 0, "a failed seal left staged files");
+}
+
+#[test]
+fn sealing_into_the_store_on_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    sealing_into_the_store(store, Some(&dir.path().join("tmp")));
+}
+
+#[test]
+fn sealing_into_the_store_in_memory() {
+    sealing_into_the_store(Store::in_memory().expect("store"), None);
+}
