@@ -21,6 +21,7 @@ use clap::Parser;
 use crate::args::Cli;
 
 fn main() -> ExitCode {
+    chapar_mesh::keep_large_buffers_out_of_the_heap();
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let json = cli.json;

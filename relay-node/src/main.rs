@@ -38,6 +38,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    chapar_mesh::keep_large_buffers_out_of_the_heap();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Id(arg)) => {
