@@ -204,6 +204,8 @@ impl Replicator {
                 Some((peer, inventory)) = inventories.recv() => self.learn(&mut books, peer, &inventory),
                 Some(outcome) = done.recv() => {
                     self.on_outcome(outcome, &mut books).await;
+                    // A sync may have shown new holdings: plan at once.
+                    self.start_fetches(&mut books, &sessions).await;
                 }
                 Some(report) = reports.recv() => {
                     match report {
