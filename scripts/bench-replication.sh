@@ -16,6 +16,8 @@
 # MB = 10^6 bytes. Writes into a temp folder under target/ and removes it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/bench-lib.sh
+. "$here/scripts/bench-lib.sh"
 mib=${1:-256}
 cd "$here"
 cargo build --release --quiet -p chapar-relay -p chapar-cli
@@ -39,28 +41,11 @@ head -c "$((mib * 1048576))" /dev/urandom >"$work/in/evidence.bin"
 rm -rf "$work/in"
 "$chapar" import --data-dir "$work/A" --role relaying "$work/bundle" >/dev/null 2>&1
 rm -rf "$work/bundle"
-chunk_bytes() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {print s}'; }
 bytes=$(chunk_bytes "$work/A/chunks")
 
 extra=()
 "$relay" --help | grep -q -- '--no-mdns' && extra+=(--no-mdns)
 
-# Waits (up to $3 seconds) for a line matching $2 in log $1; prints it.
-wait_for() {
-  local log=$1 pattern=$2 limit=$3 line
-  local deadline=$((SECONDS + limit))
-  while [ "$SECONDS" -le "$deadline" ]; do
-    line=$(grep -m1 -- "$pattern" "$log" 2>/dev/null || true)
-    if [ -n "$line" ]; then
-      echo "$line"
-      return 0
-    fi
-    sleep 0.05
-  done
-  echo "no \"$pattern\" in $log after ${limit}s:" >&2
-  tail -20 "$log" >&2
-  return 1
-}
 # Seconds since the epoch of a tracing log line (its leading RFC 3339 stamp).
 stamp() { date -d "$(echo "$1" | awk '{print $1}')" +%s.%N; }
 peak_mib() { awk '/^VmHWM:/ {print $2/1024}' "/proc/$1/status"; }

@@ -48,6 +48,8 @@
 # and removes it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/bench-lib.sh
+. "$here/scripts/bench-lib.sh"
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(1024)
 cd "$here"
@@ -113,26 +115,9 @@ free_port() {
 }
 # Prefixes each line with the time it arrived.
 stamped() { while IFS= read -r l; do printf '%s %s\n' "$EPOCHREALTIME" "$l"; done; }
-# Waits (up to $3 seconds) for a line matching $2 in log $1; prints it.
-wait_for() {
-  local log=$1 pattern=$2 limit=$3 line
-  local deadline=$((SECONDS + limit))
-  while [ "$SECONDS" -le "$deadline" ]; do
-    line=$(grep -m1 -- "$pattern" "$log" 2>/dev/null || true)
-    if [ -n "$line" ]; then
-      echo "$line"
-      return 0
-    fi
-    sleep 0.05
-  done
-  echo "no \"$pattern\" in $log after ${limit}s:" >&2
-  tail -20 "$log" >&2
-  return 1
-}
 # The arrival stamp of the first line matching $2 in log $1, or empty.
 when() { grep -m1 -- "$2" "$1" 2>/dev/null | awk '{print $1}' || true; }
 median3() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
-chunk_bytes() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}'; }
 
 # Starts "$@" under /usr/bin/time as process $name, stderr stamped into
 # $work/$name.err; sets $tpid (time's pid) and $cpid (the process itself,
