@@ -96,6 +96,36 @@ impl Fetch {
     }
 }
 
+/// What the store holds, as the metrics show it.
+struct StoreGauges {
+    bundles: usize,
+    complete: usize,
+    held_chunks: u64,
+    /// Chunks of bundles this node wants and does not hold yet.
+    lag_chunks: u64,
+}
+
+impl StoreGauges {
+    fn of(bundles: &[chapar_store::BundleStatus], fetch: Fetch) -> Self {
+        let mut g = StoreGauges {
+            bundles: bundles.len(),
+            complete: 0,
+            held_chunks: 0,
+            lag_chunks: 0,
+        };
+        for b in bundles {
+            let r = &b.record;
+            g.held_chunks += u64::from(r.held_chunks);
+            if r.complete() {
+                g.complete += 1;
+            } else if fetch.wants(r.role) {
+                g.lag_chunks += u64::from(r.known_chunks.saturating_sub(r.held_chunks));
+            }
+        }
+        g
+    }
+}
+
 /// The replicator's working state.
 #[derive(Default)]
 struct Books {
@@ -376,18 +406,14 @@ impl Replicator {
         let scan = self
             .store
             .call(move |s| {
-                let mut held_chunks = 0u64;
-                let mut complete = 0usize;
                 let mut incomplete = Vec::new();
                 let mut fresh = Vec::new();
                 let bundles = s.bundles()?;
                 for b in &bundles {
-                    held_chunks += u64::from(b.record.held_chunks);
                     if b.record.role == Role::Sealed || (seed_everything && b.record.index_known) {
                         track_seeded(s, &seeder, b)?;
                     }
                     if b.record.complete() {
-                        complete += 1;
                         continue;
                     }
                     if !fetch.wants(b.record.role) {
@@ -398,10 +424,10 @@ impl Replicator {
                     }
                     incomplete.push((b.id, s.missing_chunks(&b.id)?));
                 }
-                Ok((bundles.len(), complete, held_chunks, incomplete, fresh))
+                Ok((StoreGauges::of(&bundles, fetch), incomplete, fresh))
             })
             .await;
-        let Ok((count, complete, held_chunks, incomplete, fresh)) = scan else {
+        let Ok((gauges, incomplete, fresh)) = scan else {
             return Vec::new();
         };
         for (id, d) in fresh {
@@ -414,12 +440,7 @@ impl Replicator {
                 },
             );
         }
-        self.gate.known_bundles.store(count, Ordering::Relaxed);
-        self.stats.bundles.set(count as i64);
-        self.stats.bundles_complete.set(complete as i64);
-        self.stats.chunks_held.set(held_chunks as i64);
-        let lag: usize = incomplete.iter().map(|(_, m)| m.len()).sum();
-        self.stats.replication_lag_chunks.set(lag as i64);
+        self.show(&gauges);
         let wants: Vec<Want> = incomplete
             .into_iter()
             .filter_map(|(bundle, missing)| {
@@ -538,19 +559,39 @@ impl Replicator {
         books.not_there.retain(|(p, _)| *p != peer);
     }
 
-    /// Logs each bundle once, when this node comes to hold all of it.
+    fn show(&self, gauges: &StoreGauges) {
+        self.gate
+            .known_bundles
+            .store(gauges.bundles, Ordering::Relaxed);
+        self.stats.bundles.set(gauges.bundles as i64);
+        self.stats.bundles_complete.set(gauges.complete as i64);
+        self.stats.chunks_held.set(gauges.held_chunks as i64);
+        self.stats
+            .replication_lag_chunks
+            .set(gauges.lag_chunks as i64);
+    }
+
+    /// Logs each bundle once, when this node comes to hold all of it. The
+    /// gauges are set first, so whoever reads the log line and then scrapes
+    /// the metrics sees the completion there too.
     async fn report_completions(&self, books: &mut Books) {
-        let complete: Vec<BundleId> = self
+        let fetch = self.fetch;
+        let Ok((gauges, complete)) = self
             .store
-            .call(|s| {
-                Ok(s.bundles()?
-                    .into_iter()
+            .call(move |s| {
+                let bundles = s.bundles()?;
+                let complete: Vec<BundleId> = bundles
+                    .iter()
                     .filter(|b| b.record.complete())
                     .map(|b| b.id)
-                    .collect())
+                    .collect();
+                Ok((StoreGauges::of(&bundles, fetch), complete))
             })
             .await
-            .unwrap_or_default();
+        else {
+            return;
+        };
+        self.show(&gauges);
         for id in complete {
             if books.completed.insert(id) {
                 tracing::info!(bundle = %id, "bundle complete");
