@@ -67,6 +67,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub scarce_uplink: bool,
 
+    /// With --scarce-uplink: a listen address the scarce link reaches this
+    /// relay on (repeatable). Only peers that connect through one count as
+    /// across it; the rest (this gateway's country side) are served
+    /// freely. Without it, every peer counts.
+    #[arg(long = "scarce-uplink-listen", value_name = "MULTIADDR")]
+    pub scarce_uplink_listen: Vec<Multiaddr>,
+
     /// More log output (-v debug). `CHAPAR_LOG` takes a full filter.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -86,6 +93,7 @@ pub struct ConfigFile {
     pub mdns: Option<bool>,
     pub target_peers: Option<usize>,
     pub scarce_uplink: Option<bool>,
+    pub scarce_uplink_listen: Option<Vec<String>>,
     pub relay: Option<RelaySection>,
 }
 
@@ -113,6 +121,7 @@ pub struct Settings {
     pub mdns: bool,
     pub target_peers: usize,
     pub scarce_uplink: bool,
+    pub scarce_listen: Vec<Multiaddr>,
     pub relay: Option<RelayLimits>,
 }
 
@@ -126,6 +135,7 @@ impl Settings {
         config.target_peers = self.target_peers;
         config.relay = self.relay;
         config.scarce_uplink = self.scarce_uplink;
+        config.scarce_listen = self.scarce_listen.clone();
         if self.scarce_uplink {
             // A chunk that crossed the scarce link is shared on the far
             // side; it crosses again only if it seems lost for a while.
@@ -221,6 +231,13 @@ pub fn settings(args: &RunArgs) -> Result<Settings> {
         (None, Some(d)) => duration(d, "sync_interval")?,
         (None, None) => DEFAULT_SYNC_INTERVAL,
     };
+    let scarce_listen = match (&args.scarce_uplink_listen[..], &file.scarce_uplink_listen) {
+        ([], Some(l)) => addrs(l, "scarce_uplink_listen")?,
+        (flags, _) => flags.to_vec(),
+    };
+    if let Some(a) = scarce_listen.iter().find(|a| !listen.contains(a)) {
+        anyhow::bail!("scarce uplink address {a} is not one of the listen addresses");
+    }
     Ok(Settings {
         data_dir,
         listen,
@@ -230,7 +247,10 @@ pub fn settings(args: &RunArgs) -> Result<Settings> {
         metrics: args.metrics.or(file.metrics),
         mdns: !args.no_mdns && file.mdns.unwrap_or(true),
         target_peers: file.target_peers.unwrap_or(DEFAULT_TARGET_PEERS),
-        scarce_uplink: args.scarce_uplink || file.scarce_uplink.unwrap_or(false),
+        scarce_uplink: args.scarce_uplink
+            || file.scarce_uplink.unwrap_or(false)
+            || !scarce_listen.is_empty(),
+        scarce_listen,
         relay: relay_limits(file.relay.as_ref())?,
     })
 }
@@ -264,6 +284,7 @@ mod tests {
         assert_eq!(file.mdns, Some(true));
         assert_eq!(file.target_peers, Some(DEFAULT_TARGET_PEERS));
         assert_eq!(file.scarce_uplink, Some(false));
+        assert_eq!(file.scarce_uplink_listen, Some(vec![]));
         for p in file.peers.unwrap_or_default() {
             p.parse::<Multiaddr>().expect("example peer parses");
         }

@@ -718,7 +718,7 @@ struct RelaySpec {
     ns: usize,
     listen: Vec<String>,
     peers: Vec<String>,
-    extra: Vec<&'static str>,
+    extra: Vec<String>,
 }
 
 fn relay_args(data: &Path, spec: &RelaySpec) -> Vec<String> {
@@ -734,7 +734,7 @@ fn relay_args(data: &Path, spec: &RelaySpec) -> Vec<String> {
             .iter()
             .map(|s| (*s).to_owned()),
     );
-    args.extend(spec.extra.iter().map(|s| (*s).to_owned()));
+    args.extend(spec.extra.iter().cloned());
     args
 }
 
@@ -820,7 +820,14 @@ fn scenario(enforce_byte_bound: bool) {
             ns: GATEWAY,
             listen: vec![addr(&dom(1), GW_PORT), addr(&intl(1), GW_PORT)],
             peers: vec![],
-            extra: vec!["--scarce-uplink", "--metrics", "127.0.0.1:9700"],
+            // Only the world side is across the scarce link: a country
+            // relay fetching from the gateway takes nothing from it.
+            extra: vec![
+                "--scarce-uplink-listen".into(),
+                addr(&intl(1), GW_PORT),
+                "--metrics".into(),
+                "127.0.0.1:9700".into(),
+            ],
         },
         RelaySpec {
             name: "C1",

@@ -60,9 +60,13 @@ pub(crate) struct Fetched {
 
 /// What a session tells the replicator.
 pub(crate) enum Report {
-    /// A batch's answers are in: its reserved bytes are free for more
-    /// requests (its chunks are still to be committed).
-    Arrived { peer: PeerId, bytes: u64 },
+    /// A batch's answers are in: its reserved `bytes` are free for more
+    /// requests (its chunks, `received` bytes, are still to be committed).
+    Arrived {
+        peer: PeerId,
+        bytes: u64,
+        received: u64,
+    },
     /// How a batch ended, once per batch. Its `bytes` are what it still
     /// holds of the budget (0 once `Arrived` was reported).
     Done(PeerId, Batch, Result<Fetched, PeerFault>),
@@ -216,7 +220,13 @@ async fn read_all(
         // requests down when the disk falls behind.
         arrived.backlog = backlog.clone().acquire_many_owned(places).await.ok();
         let bytes = std::mem::take(&mut arrived.batch.bytes);
-        let _ = reports.send(Report::Arrived { peer, bytes }).await;
+        let _ = reports
+            .send(Report::Arrived {
+                peer,
+                bytes,
+                received: weight as u64,
+            })
+            .await;
         // The fault itself travels with the batch, to be reported after
         // what did arrive is stored; this only ends the session.
         let stop = arrived.fault.is_some();

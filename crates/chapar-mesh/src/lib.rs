@@ -18,6 +18,7 @@ mod gate;
 mod keyfile;
 mod metrics;
 mod node;
+pub mod pace;
 pub mod peerbook;
 pub mod plan;
 mod protocols;

@@ -23,6 +23,8 @@ pub struct NodeStats {
     pub chunks_served: Counter,
     /// Their bytes.
     pub bytes_served: Counter,
+    /// Chunks rebuilt from parity when no peer could supply them.
+    pub chunks_rebuilt: Counter,
     /// Peers cut off for breaking a protocol.
     pub peers_banned: Counter,
     /// Gossip messages rejected as invalid.
@@ -63,6 +65,11 @@ impl NodeStats {
             "chunk_bytes_out",
             "Bytes of chunks served to peers",
             self.bytes_served.clone(),
+        );
+        r.register(
+            "chunks_rebuilt",
+            "Chunks rebuilt from parity when no peer could supply them",
+            self.chunks_rebuilt.clone(),
         );
         r.register(
             "peers_banned",

@@ -73,6 +73,11 @@ pub struct NodeConfig {
     /// window): super-seed every complete bundle, not only those sealed
     /// here, so each chunk crosses once and the far side shares it.
     pub scarce_uplink: bool,
+    /// The listen addresses the scarce link reaches this node on. Given,
+    /// only peers that connect through one of them count as across it:
+    /// the gateway's own country side is served freely. Empty: every peer
+    /// does.
+    pub scarce_listen: Vec<Multiaddr>,
     /// Least time between two sends of one chunk while super-seeding.
     pub resend_after: Duration,
     /// Offer the addresses we listen on as this node's external addresses
@@ -109,6 +114,7 @@ impl NodeConfig {
             advertise_listen_addrs: true,
             fetch: Fetch::All,
             scarce_uplink: false,
+            scarce_listen: Vec::new(),
             resend_after: Duration::from_secs(15),
         }
     }
@@ -362,6 +368,11 @@ pub async fn start(config: NodeConfig, store: StoreHandle) -> Result<NodeHandle,
         }
     }
 
+    let mut seeder = Seeder::new(config.resend_after);
+    if !config.scarce_listen.is_empty() {
+        seeder.only_far_side();
+    }
+    let seeder = Arc::new(Mutex::new(seeder));
     let (command_tx, command_rx) = mpsc::channel(256);
     let (news_tx, news_rx) = mpsc::channel(1024);
     let (inventory_tx, inventory_rx) = mpsc::channel(256);
@@ -376,10 +387,11 @@ pub async fn start(config: NodeConfig, store: StoreHandle) -> Result<NodeHandle,
             advertise_listen_addrs: config.advertise_listen_addrs,
             stats: stats.clone(),
             metrics: libp2p_metrics,
+            scarce_listen: config.scarce_listen.clone(),
+            seeder: seeder.clone(),
         }
         .run(),
     );
-    let seeder = Arc::new(Mutex::new(Seeder::new(config.resend_after)));
     let holdings = Arc::new(Mutex::new(PeerHoldings::default()));
     let handle = NodeHandle {
         commands: command_tx.clone(),

@@ -56,14 +56,16 @@ impl Default for Limits {
 ///
 /// `holdings[peer]` says what each connected peer holds; `in_flight` is
 /// what is already requested (chunk → bytes reserved, and per peer);
-/// returns new requests per peer. `P` is the peer identifier.
+/// `budgets[peer]`, where given, lowers `limits.per_peer_bytes` for a
+/// peer measured to be slow; returns new requests per peer. `P` is the
+/// peer identifier.
 pub fn plan<P: Copy + Eq + std::hash::Hash + Ord>(
     wants: &[Want],
     holdings: &HashMap<P, HashMap<BundleId, Holding>>,
-    in_flight_chunks: &HashSet<ChunkId>,
-    in_flight_bytes: &HashMap<P, u64>,
+    (in_flight_chunks, in_flight_bytes): (&HashSet<ChunkId>, &HashMap<P, u64>),
     lacking: &HashSet<(P, ChunkId)>,
     limits: Limits,
+    budgets: &HashMap<P, u64>,
 ) -> HashMap<P, Vec<ChunkId>> {
     let mut load: HashMap<P, u64> = in_flight_bytes.clone();
     let mut total: u64 = load.values().sum();
@@ -107,7 +109,10 @@ pub fn plan<P: Copy + Eq + std::hash::Hash + Ord>(
                 .filter(|(p, _)| !lacking.contains(&(*p, *chunk)))
                 .filter(|(p, _)| {
                     let l = load.get(p).copied().unwrap_or(0);
-                    l == 0 || l + cost <= limits.per_peer_bytes
+                    let budget = budgets
+                        .get(p)
+                        .map_or(limits.per_peer_bytes, |b| (*b).min(limits.per_peer_bytes));
+                    l == 0 || l + cost <= budget
                 })
                 .min_by_key(|(p, h)| {
                     (
@@ -172,15 +177,28 @@ mod tests {
         let p = plan(
             &wants,
             &holdings,
-            &HashSet::new(),
-            &HashMap::new(),
+            (&HashSet::new(), &HashMap::new()),
             &HashSet::new(),
             limits,
+            &HashMap::new(),
         );
         assert_eq!(p[&1].len(), 3);
         assert_eq!(p[&2].len(), 3);
         let all: HashSet<_> = p.values().flatten().collect();
         assert_eq!(all.len(), 6, "a chunk was asked of two peers");
+
+        // Peer 1 measured slow: its own, smaller budget holds.
+        let budgets: HashMap<u8, u64> = [(1, 1024)].into();
+        let p = plan(
+            &wants,
+            &holdings,
+            (&HashSet::new(), &HashMap::new()),
+            &HashSet::new(),
+            limits,
+            &budgets,
+        );
+        assert_eq!(p[&1].len(), 1);
+        assert_eq!(p[&2].len(), 3);
     }
 
     #[test]
@@ -201,10 +219,10 @@ mod tests {
         let p = plan(
             &wants,
             &holdings,
-            &HashSet::new(),
-            &HashMap::new(),
+            (&HashSet::new(), &HashMap::new()),
             &HashSet::new(),
             limits,
+            &HashMap::new(),
         );
         let got = &p[&1];
         assert_eq!(got.len(), 3);
@@ -223,10 +241,10 @@ mod tests {
         let p = plan(
             &wants,
             &holdings,
-            &busy,
-            &HashMap::new(),
+            (&busy, &HashMap::new()),
             &HashSet::new(),
             Limits::default(),
+            &HashMap::new(),
         );
         assert_eq!(p.len(), 1);
         assert_eq!(p[&2], wants[0].missing[1..].to_vec());
@@ -235,10 +253,10 @@ mod tests {
         let p = plan(
             &wants,
             &holdings,
-            &busy,
-            &HashMap::new(),
+            (&busy, &HashMap::new()),
             &lacking,
             Limits::default(),
+            &HashMap::new(),
         );
         assert_eq!(p[&1], vec![wants[0].missing[1]]);
     }

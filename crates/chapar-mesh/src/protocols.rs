@@ -222,7 +222,7 @@ pub(crate) struct Served {
 /// the requester wait in the stream until their turn.)
 pub(crate) async fn serve_chunks(
     store: &StoreHandle,
-    mut stream: Stream,
+    (peer, mut stream): (PeerId, Stream),
     seeder: &std::sync::Mutex<crate::seed::Seeder>,
     stats: &crate::metrics::NodeStats,
 ) -> Result<Served, PeerFault> {
@@ -242,7 +242,7 @@ pub(crate) async fn serve_chunks(
                 None => None,
             };
             ahead = ids.get(i + 1).map(|next| load(*next));
-            if let Some(bytes) = answer(&mut stream, *id, held, seeder).await? {
+            if let Some(bytes) = answer(&mut stream, (peer, *id), held, seeder).await? {
                 // Counted as each goes: a stream may stay open a while.
                 stats.chunks_served.inc();
                 stats.bytes_served.inc_by(bytes as u64);
@@ -259,7 +259,7 @@ pub(crate) async fn serve_chunks(
 /// lets it leave now, else `ChunkMissing`. Returns the bytes sent.
 async fn answer(
     writing: &mut Stream,
-    id: ChunkId,
+    (peer, id): (PeerId, ChunkId),
     held: Option<Vec<u8>>,
     seeder: &std::sync::Mutex<crate::seed::Seeder>,
 ) -> Result<Option<usize>, PeerFault> {
@@ -268,7 +268,7 @@ async fn answer(
     let allowed = held.is_some()
         && seeder
             .lock()
-            .map(|mut s| s.allow(&id, std::time::Instant::now()))
+            .map(|mut s| s.allow(&id, &peer, std::time::Instant::now()))
             .unwrap_or(true);
     let (reply, sent) = match held {
         Some(bytes) if allowed => {
@@ -282,7 +282,7 @@ async fn answer(
         .map_err(FrameError::from)?;
     if allowed {
         if let Ok(mut s) = seeder.lock() {
-            s.finished(&id, std::time::Instant::now());
+            s.finished(&id, &peer, std::time::Instant::now());
         }
     }
     Ok(sent)

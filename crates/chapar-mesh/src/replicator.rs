@@ -18,6 +18,7 @@ use crate::fetch::{self, Batch, Fetched, Report, Session};
 use crate::framing::FrameError;
 use crate::gate::{expiry_is_sane, DescriptorGate};
 use crate::metrics::NodeStats;
+use crate::pace::Pace;
 use crate::peerbook::PeerRecord;
 use crate::plan::{plan, Holding, Limits, Want};
 use crate::protocols::{sync_out, PeerFault};
@@ -36,6 +37,7 @@ const PEERBOOK_REFRESH: Duration = Duration::from_secs(600);
 enum Outcome {
     Synced(PeerId, Result<chapar_wire::Inventory, PeerFault>),
     Fetched(PeerId, Batch, Result<Fetched, PeerFault>),
+    Repaired(BundleId, Result<chapar_store::ParityRepair, StoreError>),
 }
 
 struct PeerState {
@@ -147,8 +149,22 @@ struct Books {
     peerbook_written: HashMap<PeerId, Instant>,
     /// The chunk session with each peer chunks are being fetched from.
     sessions: HashMap<PeerId, Session>,
+    /// Stalled bundles checked for a parity repair, with how many chunks
+    /// they lacked then: each is checked again only once that changes.
+    repair_checked: HashMap<BundleId, usize>,
+    /// Bundles being rebuilt from parity now.
+    repairing: HashSet<BundleId>,
+    /// Since when nothing has been fetched for each bundle.
+    stalled_since: HashMap<BundleId, Instant>,
+    /// How fast each peer answers: sizes its batches and budget. Kept
+    /// when it disconnects, for the next window.
+    pace: HashMap<PeerId, Pace>,
 }
 
+/// How long a bundle goes with nothing fetched for it before parity is
+/// asked to finish it: long enough that a gap between two plans, or a
+/// sync about to show a holder, does not count.
+const STALLED_FOR: Duration = Duration::from_secs(1);
 /// How long a chunk a seeding peer declined is sought elsewhere first.
 const DECLINED_FOR: Duration = Duration::from_secs(30);
 
@@ -172,6 +188,16 @@ impl Books {
             .iter()
             .filter_map(|c| Some((*c, self.chunk_bundle.remove(c)?)))
             .collect()
+    }
+
+    /// Times an answer from `peer` (`received` bytes of chunks, 0 for a
+    /// batch that failed) for its pace.
+    fn answered(&mut self, peer: PeerId, received: u64) {
+        let busy = self.in_flight_bytes.get(&peer).is_some_and(|b| *b > 0);
+        self.pace
+            .entry(peer)
+            .or_default()
+            .answered(received, busy, Instant::now().into_std());
     }
 
     /// Whether `peer` said it holds the whole of `bundle`.
@@ -235,21 +261,24 @@ impl Replicator {
                 Some(outcome) = done.recv() => {
                     self.on_outcome(outcome, &mut books).await;
                     // A sync may have shown new holdings: plan at once.
-                    self.start_fetches(&mut books, &sessions).await;
+                    self.start_fetches(&mut books, &sessions, &done_tx).await;
                 }
                 Some(report) = reports.recv() => {
                     match report {
-                        Report::Arrived { peer, bytes } => books.release_bytes(peer, bytes),
+                        Report::Arrived { peer, bytes, received } => {
+                            books.release_bytes(peer, bytes);
+                            books.answered(peer, received);
+                        }
                         Report::Done(peer, batch, result) => {
                             self.on_outcome(Outcome::Fetched(peer, batch, result), &mut books).await;
                         }
                     }
                     // Refill the pipeline now rather than at the next tick.
-                    self.start_fetches(&mut books, &sessions).await;
+                    self.start_fetches(&mut books, &sessions, &done_tx).await;
                 }
                 _ = tick.tick() => {
                     self.start_syncs(&mut books, &done_tx);
-                    self.start_fetches(&mut books, &sessions).await;
+                    self.start_fetches(&mut books, &sessions, &done_tx).await;
                 }
             }
         }
@@ -459,13 +488,70 @@ impl Replicator {
         wants
     }
 
-    async fn start_fetches(&self, books: &mut Books, sessions: &fetch::Context) {
+    async fn start_fetches(
+        &self,
+        books: &mut Books,
+        sessions: &fetch::Context,
+        done: &mpsc::Sender<Outcome>,
+    ) {
         // Scanned even when no peer holds anything: the scan also starts
         // super-seeding a bundle sealed here before its first chunk leaves.
         let mut wants = self.wants(books).await;
-        if wants.is_empty() || books.peers.values().all(|p| p.holdings.is_empty()) {
-            return;
+        let lacking_now: Vec<(BundleId, usize)> =
+            wants.iter().map(|w| (w.bundle, w.missing.len())).collect();
+        if !wants.is_empty() && books.peers.values().any(|p| !p.holdings.is_empty()) {
+            self.request(books, &mut wants, sessions);
         }
+        self.repair_stalled(books, &lacking_now, done);
+    }
+
+    /// Rebuilds from parity each bundle that nothing is being fetched for
+    /// (no peer offers what it lacks: the holder died, a seeder declined,
+    /// the only link is down) when parity covers every chunk it lacks.
+    /// Parity is there for exactly this, and it saves the scarce link the
+    /// chunks lost with a peer that vanished.
+    fn repair_stalled(
+        &self,
+        books: &mut Books,
+        lacking: &[(BundleId, usize)],
+        done: &mpsc::Sender<Outcome>,
+    ) {
+        let busy: HashSet<BundleId> = books.chunk_bundle.values().copied().collect();
+        let now = Instant::now();
+        for (bundle, missing) in lacking {
+            if busy.contains(bundle) || books.repairing.contains(bundle) {
+                books.stalled_since.remove(bundle);
+                continue;
+            }
+            let since = *books.stalled_since.entry(*bundle).or_insert(now);
+            if now.duration_since(since) < STALLED_FOR
+                || books.repair_checked.get(bundle) == Some(missing)
+            {
+                continue;
+            }
+            books.repair_checked.insert(*bundle, *missing);
+            books.repairing.insert(*bundle);
+            let (store, done, id) = (self.store.clone(), done.clone(), *bundle);
+            tokio::spawn(async move {
+                let result = store
+                    .call(move |s| {
+                        if s.parity_can_complete(&id)? {
+                            s.repair_from_parity(&id)
+                        } else {
+                            Ok(chapar_store::ParityRepair::default())
+                        }
+                    })
+                    .await;
+                let _ = done.send(Outcome::Repaired(id, result)).await;
+            });
+        }
+        let live: HashSet<BundleId> = lacking.iter().map(|(b, _)| *b).collect();
+        books.repair_checked.retain(|b, _| live.contains(b));
+        books.stalled_since.retain(|b, _| live.contains(b));
+    }
+
+    /// Plans and sends chunk requests to the peers that hold what is wanted.
+    fn request(&self, books: &mut Books, wants: &mut [Want], sessions: &fetch::Context) {
         books.declined.retain(|_, at| at.elapsed() < DECLINED_FOR);
         let mut lacking = books.not_there.clone();
         lacking.extend(books.declined.keys().copied());
@@ -475,20 +561,27 @@ impl Replicator {
             .map(|(p, s)| (*p, s.holdings.clone()))
             .collect();
         // A chunk every holder said it lacks waits for a fresh inventory.
-        for w in &mut wants {
+        for w in wants.iter_mut() {
             w.missing.retain(|c| {
                 holdings
                     .iter()
                     .any(|(p, h)| h.contains_key(&w.bundle) && !lacking.contains(&(*p, *c)))
             });
         }
+        let budgets: HashMap<PeerId, u64> = holdings
+            .keys()
+            .map(|p| {
+                let pace = books.pace.get(p).cloned().unwrap_or_default();
+                (*p, pace.budget(self.limits.per_peer_bytes))
+            })
+            .collect();
         let requests = plan(
-            &wants,
+            wants,
             &holdings,
-            &books.in_flight,
-            &books.in_flight_bytes,
+            (&books.in_flight, &books.in_flight_bytes),
             &lacking,
             self.limits,
+            &budgets,
         );
         let chunk_size: HashMap<ChunkId, u64> = wants
             .iter()
@@ -498,8 +591,13 @@ impl Replicator {
             .iter()
             .flat_map(|w| w.missing.iter().map(move |c| (*c, w.bundle)))
             .collect();
+        let now = Instant::now();
         for (peer, ids) in requests {
-            for (ids, bytes) in batches(&ids, &chunk_size) {
+            let pace = books.pace.entry(peer).or_default();
+            let batch_bytes = pace.batch_bytes(BATCH_BYTES);
+            let was_idle = books.in_flight_bytes.get(&peer).is_none_or(|b| *b == 0);
+            pace.asked(was_idle, now.into_std());
+            for (ids, bytes) in batches(&ids, &chunk_size, batch_bytes) {
                 books.in_flight.extend(ids.iter().copied());
                 for c in &ids {
                     if let Some(b) = bundle_of.get(c) {
@@ -547,16 +645,22 @@ impl Replicator {
                 (e.bundle, h)
             })
             .collect();
-        let counted = inventory
+        let counted: HashMap<BundleId, (Holding, u32)> = inventory
             .bundles
             .iter()
             .filter_map(|e| Some((e.bundle, (*state.holdings.get(&e.bundle)?, e.held))))
             .collect();
-        if let Ok(mut h) = self.holdings.lock() {
-            h.insert(peer, counted);
+        let changed = self
+            .holdings
+            .lock()
+            .map(|mut h| h.insert(peer, counted.clone()).as_ref() != Some(&counted))
+            .unwrap_or(true);
+        // What it said it lacked may have arrived since, but only if its
+        // counts moved: asking again at every sync would keep a bundle
+        // whose last chunks nobody holds looking busy, and never stalled.
+        if changed {
+            books.not_there.retain(|(p, _)| *p != peer);
         }
-        // What it said it lacked may have arrived since.
-        books.not_there.retain(|(p, _)| *p != peer);
     }
 
     fn show(&self, gauges: &StoreGauges) {
@@ -611,6 +715,18 @@ impl Replicator {
                     Err(fault) => report_fault(&self.commands, peer, &fault, self.ban_for).await,
                 }
             }
+            Outcome::Repaired(bundle, result) => {
+                books.repairing.remove(&bundle);
+                match result {
+                    Ok(r) if r.rebuilt > 0 => {
+                        tracing::info!(%bundle, rebuilt = r.rebuilt, "rebuilt chunks no peer could supply from parity");
+                        self.stats.chunks_rebuilt.inc_by(r.rebuilt as u64);
+                        self.report_completions(books).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(%bundle, error = %e, "parity repair failed"),
+                }
+            }
             Outcome::Fetched(peer, batch, result) => {
                 let batch_bundles = books.release(peer, &batch);
                 match result {
@@ -632,6 +748,8 @@ impl Replicator {
                         }
                     }
                     Err(fault) => {
+                        // The time it hung is not the link's rate.
+                        books.answered(peer, 0);
                         if fault.is_misbehaviour() {
                             books.peers.remove(&peer);
                             books.sessions.remove(&peer);
@@ -663,13 +781,17 @@ fn track_seeded(
 
 /// Splits one peer's request into streams of at most [`BATCH_BYTES`] (and
 /// the protocol's id limit); returns each batch with its reserved bytes.
-fn batches(ids: &[ChunkId], chunk_size: &HashMap<ChunkId, u64>) -> Vec<(Vec<ChunkId>, u64)> {
+fn batches(
+    ids: &[ChunkId],
+    chunk_size: &HashMap<ChunkId, u64>,
+    batch_bytes: u64,
+) -> Vec<(Vec<ChunkId>, u64)> {
     let mut out: Vec<(Vec<ChunkId>, u64)> = Vec::new();
     for id in ids {
         let size = chunk_size.get(id).copied().unwrap_or(0);
         match out.last_mut() {
             Some((batch, bytes))
-                if *bytes + size <= BATCH_BYTES
+                if *bytes + size <= batch_bytes
                     && batch.len() < chapar_wire::MAX_CHUNKS_PER_REQUEST =>
             {
                 batch.push(*id);
@@ -689,13 +811,13 @@ mod tests {
     fn batches_respect_the_byte_budget() {
         let ids: Vec<ChunkId> = (0..7u8).map(|i| ChunkId::of(&[i])).collect();
         let sizes: HashMap<ChunkId, u64> = ids.iter().map(|c| (*c, BATCH_BYTES / 2)).collect();
-        let out = batches(&ids, &sizes);
+        let out = batches(&ids, &sizes, BATCH_BYTES);
         assert_eq!(
             out.iter().map(|(b, _)| b.len()).collect::<Vec<_>>(),
             vec![2, 2, 2, 1]
         );
         assert!(out.iter().all(|(_, bytes)| *bytes <= BATCH_BYTES));
         let small: HashMap<ChunkId, u64> = ids.iter().map(|c| (*c, 4096)).collect();
-        assert_eq!(batches(&ids, &small).len(), 1);
+        assert_eq!(batches(&ids, &small, BATCH_BYTES).len(), 1);
     }
 }

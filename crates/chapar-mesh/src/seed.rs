@@ -11,10 +11,11 @@
 //! Pure bookkeeping: the chunk server asks it before each chunk, and the
 //! caller passes the clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chapar_format::{BundleId, ChunkId};
+use libp2p::PeerId;
 
 /// What has left this node of each bundle it seeds.
 #[derive(Debug)]
@@ -23,6 +24,10 @@ pub struct Seeder {
     owner: HashMap<ChunkId, BundleId>,
     total: HashMap<BundleId, usize>,
     last_sent: HashMap<BundleId, HashMap<ChunkId, Instant>>,
+    /// When set, only these peers are across the scarce link: the rest
+    /// (a gateway's own country side) are served freely, and what they
+    /// get does not count as having crossed.
+    far_side: Option<HashSet<PeerId>>,
 }
 
 impl Seeder {
@@ -33,6 +38,20 @@ impl Seeder {
             owner: HashMap::new(),
             total: HashMap::new(),
             last_sent: HashMap::new(),
+            far_side: None,
+        }
+    }
+
+    /// From now on only peers named by [`Seeder::on_far_side`] are across
+    /// the scarce link (by default every peer is).
+    pub fn only_far_side(&mut self) {
+        self.far_side.get_or_insert_with(HashSet::new);
+    }
+
+    /// `peer` reached this node across the scarce link.
+    pub fn on_far_side(&mut self, peer: PeerId) {
+        if let Some(far) = &mut self.far_side {
+            far.insert(peer);
         }
     }
 
@@ -54,8 +73,15 @@ impl Seeder {
         self.total.insert(bundle, chunks.len());
     }
 
-    /// Whether to send `chunk` now; records it as sent if so.
-    pub fn allow(&mut self, chunk: &ChunkId, now: Instant) -> bool {
+    /// Whether to send `chunk` to `peer` now; records it as sent if so.
+    pub fn allow(&mut self, chunk: &ChunkId, peer: &PeerId, now: Instant) -> bool {
+        if self
+            .far_side
+            .as_ref()
+            .is_some_and(|far| !far.contains(peer))
+        {
+            return true;
+        }
         let Some(bundle) = self.owner.get(chunk) else {
             return true;
         };
@@ -70,9 +96,17 @@ impl Seeder {
         allowed
     }
 
-    /// Notes that `chunk` finished leaving at `now`: the wait before a
-    /// resend counts from there (on a slow link a chunk takes long to go).
-    pub fn finished(&mut self, chunk: &ChunkId, now: Instant) {
+    /// Notes that `chunk` finished leaving for `peer` at `now`: the wait
+    /// before a resend counts from there (on a slow link a chunk takes
+    /// long to go).
+    pub fn finished(&mut self, chunk: &ChunkId, peer: &PeerId, now: Instant) {
+        if self
+            .far_side
+            .as_ref()
+            .is_some_and(|far| !far.contains(peer))
+        {
+            return;
+        }
         if let Some(bundle) = self.owner.get(chunk) {
             if let Some(at) = self
                 .last_sent
@@ -104,23 +138,24 @@ mod tests {
         let chunks: Vec<ChunkId> = (0..3u8).map(|i| ChunkId([i; 32])).collect();
         let mut seeder = Seeder::new(Duration::from_secs(10));
         seeder.track(bundle, &chunks);
-        assert!(seeder.allow(&chunks[0], t0));
+        let p = PeerId::random();
+        assert!(seeder.allow(&chunks[0], &p, t0));
         assert!(
-            !seeder.allow(&chunks[0], t0),
+            !seeder.allow(&chunks[0], &p, t0),
             "just sent: the asker gets it elsewhere"
         );
-        assert!(seeder.allow(&chunks[1], t0));
+        assert!(seeder.allow(&chunks[1], &p, t0));
         assert_eq!(seeder.handed_off(&bundle), Some((2, 3)));
         // Chunk 2 may never be asked of us again (it left before tracking
         // began, say); chunk 0 must not wait on it.
         assert!(
-            seeder.allow(&chunks[0], later),
+            seeder.allow(&chunks[0], &p, later),
             "sent long enough ago: maybe lost"
         );
-        assert!(!seeder.allow(&chunks[0], later), "just sent again");
-        seeder.finished(&chunks[1], later);
+        assert!(!seeder.allow(&chunks[0], &p, later), "just sent again");
+        seeder.finished(&chunks[1], &p, later);
         assert!(
-            !seeder.allow(&chunks[1], later),
+            !seeder.allow(&chunks[1], &p, later),
             "the wait counts from when it finished"
         );
         assert_eq!(
@@ -129,8 +164,33 @@ mod tests {
             "distinct chunks that left"
         );
         assert!(
-            seeder.allow(&ChunkId([9; 32]), t0),
+            seeder.allow(&ChunkId([9; 32]), &p, t0),
             "not tracked: always served"
         );
+    }
+
+    #[test]
+    fn with_a_far_side_named_the_near_side_is_served_freely_and_not_counted() {
+        let t0 = Instant::now();
+        let bundle = BundleId([1; 32]);
+        let chunk = ChunkId([7; 32]);
+        let (near, far, far2) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut seeder = Seeder::new(Duration::from_secs(30));
+        seeder.track(bundle, &[chunk]);
+        seeder.only_far_side();
+        seeder.on_far_side(far);
+        seeder.on_far_side(far2);
+        // A country-side relay takes the whole bundle: nothing crossed.
+        assert!(seeder.allow(&chunk, &near, t0));
+        seeder.finished(&chunk, &near, t0);
+        assert!(
+            seeder.allow(&chunk, &near, t0),
+            "the near side is never refused"
+        );
+        assert_eq!(seeder.handed_off(&bundle), Some((0, 1)));
+        // Across the link, each chunk still goes once.
+        assert!(seeder.allow(&chunk, &far, t0));
+        assert!(!seeder.allow(&chunk, &far2, t0));
+        assert_eq!(seeder.handed_off(&bundle), Some((1, 1)));
     }
 }

@@ -126,7 +126,7 @@ impl Servers {
             };
             let this = self.clone();
             tokio::spawn(async move {
-                match serve_chunks(&this.store, stream, &this.seeder, &this.stats).await {
+                match serve_chunks(&this.store, (peer, stream), &this.seeder, &this.stats).await {
                     Ok(served) => {
                         tracing::debug!(%peer, bytes = served.bytes, "served chunks");
                     }

@@ -92,6 +92,35 @@ pub(crate) struct SwarmTask {
     pub(crate) advertise_listen_addrs: bool,
     pub(crate) stats: NodeStats,
     pub(crate) metrics: libp2p::metrics::Metrics,
+    /// Listen addresses the scarce link arrives on (`NodeConfig::scarce_listen`).
+    pub(crate) scarce_listen: Vec<Multiaddr>,
+    /// Told which peers came across the scarce link.
+    pub(crate) seeder: std::sync::Arc<std::sync::Mutex<crate::seed::Seeder>>,
+}
+
+impl SwarmTask {
+    /// A peer that connected through a listen address the scarce link
+    /// arrives on is across it, for the super-seeder, from then on (also
+    /// when a later connection is one this node dialed).
+    fn note_far_side(&self, peer: PeerId, endpoint: &libp2p::core::ConnectedPoint) {
+        let libp2p::core::ConnectedPoint::Listener { local_addr, .. } = endpoint else {
+            return;
+        };
+        let bare = |a: &Multiaddr| -> Multiaddr {
+            a.iter()
+                .filter(|p| !matches!(p, Protocol::P2p(_)))
+                .collect()
+        };
+        if self
+            .scarce_listen
+            .iter()
+            .any(|a| bare(a) == bare(local_addr))
+        {
+            if let Ok(mut s) = self.seeder.lock() {
+                s.on_far_side(peer);
+            }
+        }
+    }
 }
 
 /// The peer a multiaddr ends at: the last `/p2p/` (a relayed address
@@ -295,6 +324,7 @@ impl SwarmTask {
                 if let Some(r) = state.redials.get_mut(&peer_id) {
                     r.backoff = MIN_BACKOFF;
                 }
+                self.note_far_side(peer_id, &endpoint);
                 if endpoint.is_dialer() && !endpoint.is_relayed() {
                     let addr = endpoint.get_remote_address().clone();
                     add_to_kad(&mut self.swarm, peer_id, addr.clone());

@@ -222,3 +222,95 @@ async fn a_relay_restarted_mid_transfer_resumes_without_refetching() {
     let fetched = b.stats().chunks_fetched.get();
     assert_eq!(fetched, u64::from(r.known_chunks - record.held_chunks));
 }
+
+/// Holds `chunks` of a sealed bundle folder (with its descriptor and
+/// index) in a fresh store, without the parity repair an import does.
+async fn hold_part(
+    folder: &Path,
+    keep: impl Fn(usize) -> bool,
+) -> (StoreHandle, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("data")).expect("store");
+    let bundle = chapar_bundle::BundleFolder::new(folder);
+    let (d, descriptor) = bundle.read_descriptor().expect("descriptor");
+    let (ids, _) = chapar_format::read_index(&d, &bundle).expect("index");
+    store
+        .add_bundle(&descriptor, Role::Relaying)
+        .expect("descriptor");
+    let read =
+        |id: &chapar_format::ChunkId| (*id, std::fs::read(bundle.chunk_path(id)).expect("chunk"));
+    store
+        .put_chunks(d.index_chunks.iter().map(read))
+        .expect("index chunks");
+    let kept: Vec<_> = (0..ids.len())
+        .filter(|p| keep(*p))
+        .map(|p| read(&ids[p]))
+        .collect();
+    store.put_chunks(kept).expect("chunks");
+    (StoreHandle::new(store), dir)
+}
+
+/// The chunks that died with a peer are not fetched again across the
+/// scarce link: a relay that has gathered all the rest from two partial
+/// holders, neither of which could finish alone, rebuilds them from parity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_rebuilds_from_parity_what_no_peer_holds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (folder, id, key) = common::sealed_bundle(tmp.path(), 300_000);
+    let bundle = chapar_bundle::BundleFolder::new(&folder);
+    let (d, _) = bundle.read_descriptor().expect("descriptor");
+    let layout = d.payload_layout().expect("layout");
+    let lost: Vec<usize> = (0..layout.stripes())
+        .map(|s| layout.position(chapar_format::Slot::Data(layout.stripe_data(s).start)))
+        .collect();
+    let is_parity = |p: usize| matches!(layout.slot(p), chapar_format::Slot::Parity { .. });
+    // One holds the data (less one chunk per stripe), the other the parity.
+    let (data_store, _d1) = hold_part(&folder, |p| !is_parity(p) && !lost.contains(&p)).await;
+    let (parity_store, _d2) = hold_part(&folder, is_parity).await;
+    for s in [&data_store, &parity_store] {
+        let s = s.clone();
+        assert!(
+            !s.call(move |s| s.parity_can_complete(&id))
+                .await
+                .expect("ask"),
+            "a holder could finish alone: the test would prove nothing"
+        );
+    }
+    // Neither holder fetches, so neither can rebuild or pass chunks on.
+    let source = |store: StoreHandle| async move {
+        let mut config = common::isolated_config(vec![]);
+        config.fetch = chapar_mesh::Fetch::Nothing;
+        start(config, store).await.expect("holder starts")
+    };
+    let data_node = source(data_store).await;
+    let parity_node = source(parity_store).await;
+    let b = TestNode::start(
+        vec![
+            common::listen_addr(&data_node).await,
+            common::listen_addr(&parity_node).await,
+        ],
+        None,
+    )
+    .await;
+    b.wait_complete(id, "relay B, from two partial holders and parity")
+        .await;
+
+    let stats = b.handle.stats();
+    assert_eq!(
+        stats.chunks_rebuilt.get(),
+        lost.len() as u64,
+        "exactly the chunks nobody held were rebuilt"
+    );
+    assert_eq!(
+        stats.chunks_fetched.get() as usize,
+        d.index_chunks.len() + layout.total_chunks() - lost.len(),
+        "everything else was fetched, once"
+    );
+    assert!(!b.store.store().fsck(false).expect("fsck").damaged());
+    let out = tmp.path().join("export");
+    export_folder(b.store.store(), &id, &out).expect("export");
+    open_folder(&out, &[key], &tmp.path().join("opened")).expect("opens");
+    for n in [&data_node, &parity_node, &b.handle] {
+        n.shutdown().await;
+    }
+}

@@ -2,6 +2,8 @@
 //! so a store that received most of a bundle (a damaged USB stick, a
 //! relay that vanished mid-transfer) can complete it without a new copy.
 
+use std::collections::HashSet;
+
 use chapar_format::{
     read_index, rebuild_stripe, BundleId, ChunkId, Descriptor, Layout, Slot, StripeEncoder,
 };
@@ -18,10 +20,41 @@ pub struct ParityRepair {
     pub unrecoverable_stripes: usize,
 }
 
+/// The slots of one stripe: its data chunks, then its parity chunks.
+fn stripe_slots(layout: &Layout, stripe: usize) -> Vec<Slot> {
+    layout
+        .stripe_data(stripe)
+        .map(Slot::Data)
+        .chain((0..layout.parity_per_stripe()).map(|index| Slot::Parity { stripe, index }))
+        .collect()
+}
+
+/// How many of a stripe's chunks are in `missing`.
+fn lost_in_stripe(
+    layout: &Layout,
+    ids: &[ChunkId],
+    stripe: usize,
+    missing: &HashSet<ChunkId>,
+) -> usize {
+    stripe_slots(layout, stripe)
+        .into_iter()
+        .filter(|slot| missing.contains(&ids[layout.position(*slot)]))
+        .count()
+}
+
+/// Whether every stripe of a stream lost no more chunks than its parity
+/// covers. Pure: it judges by ids alone.
+fn parity_covers(layout: &Layout, ids: &[ChunkId], missing: &HashSet<ChunkId>) -> bool {
+    ids.len() == layout.total_chunks()
+        && (0..layout.stripes())
+            .all(|s| lost_in_stripe(layout, ids, s, missing) <= layout.parity_per_stripe())
+}
+
 impl Store {
     /// Rebuilds every missing chunk of the bundle that its stripe's parity
     /// allows (index and payload, data and parity chunks alike), verifies
-    /// each against its id, and stores it.
+    /// each against its id, and stores it. Only stripes that lack a chunk
+    /// are read.
     pub fn repair_from_parity(&self, id: &BundleId) -> Result<ParityRepair, StoreError> {
         let mut report = ParityRepair::default();
         if !self.record(id)?.index_known {
@@ -30,32 +63,73 @@ impl Store {
         let descriptor = Descriptor::decode(&self.descriptor(id)?)?;
         let bad = |e: chapar_format::ParamError| StoreError::Database(e.to_string());
         let index_layout = descriptor.index_layout().map_err(bad)?;
-        self.repair_stream(&index_layout, &descriptor.index_chunks, &mut report)?;
+        let missing: HashSet<ChunkId> = self.missing_chunks(id)?.into_iter().collect();
+        self.repair_stream(
+            &index_layout,
+            &descriptor.index_chunks,
+            &missing,
+            &mut report,
+        )?;
         let payload_ids = match read_index(&descriptor, &self) {
             Ok((ids, _)) => ids,
             Err(_) => return Ok(report),
         };
         let payload_layout = descriptor.payload_layout().map_err(bad)?;
-        self.repair_stream(&payload_layout, &payload_ids, &mut report)?;
+        self.repair_stream(&payload_layout, &payload_ids, &missing, &mut report)?;
         Ok(report)
+    }
+
+    /// Whether [`Store::repair_from_parity`] would complete the bundle:
+    /// every stripe lacks no more chunks than its parity covers. Reads no
+    /// chunk but the index, so it is cheap to ask whenever a bundle stalls.
+    pub fn parity_can_complete(&self, id: &BundleId) -> Result<bool, StoreError> {
+        let record = self.record(id)?;
+        if !record.index_known {
+            return Ok(false);
+        }
+        let missing: HashSet<ChunkId> = self.missing_chunks(id)?.into_iter().collect();
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        let descriptor = Descriptor::decode(&self.descriptor(id)?)?;
+        let bad = |e: chapar_format::ParamError| StoreError::Database(e.to_string());
+        if !parity_covers(
+            &descriptor.index_layout().map_err(bad)?,
+            &descriptor.index_chunks,
+            &missing,
+        ) {
+            return Ok(false);
+        }
+        let Ok((payload_ids, _)) = read_index(&descriptor, &self) else {
+            return Ok(false);
+        };
+        Ok(parity_covers(
+            &descriptor.payload_layout().map_err(bad)?,
+            &payload_ids,
+            &missing,
+        ))
     }
 
     fn repair_stream(
         &self,
         layout: &Layout,
         ids: &[ChunkId],
+        missing: &HashSet<ChunkId>,
         report: &mut ParityRepair,
     ) -> Result<(), StoreError> {
+        if ids.len() != layout.total_chunks() {
+            return Err(StoreError::Database(format!(
+                "{} chunk ids for a layout of {}",
+                ids.len(),
+                layout.total_chunks()
+            )));
+        }
         for stripe in 0..layout.stripes() {
+            if lost_in_stripe(layout, ids, stripe, missing) == 0 {
+                continue;
+            }
             let data_range = layout.stripe_data(stripe);
-            let parity_slots: Vec<Slot> = (0..layout.parity_per_stripe())
-                .map(|index| Slot::Parity { stripe, index })
-                .collect();
-            let slots: Vec<Slot> = data_range
-                .clone()
-                .map(Slot::Data)
-                .chain(parity_slots)
-                .collect();
+            let slots = stripe_slots(layout, stripe);
             let mut present: Vec<Option<Vec<u8>>> = Vec::with_capacity(slots.len());
             for slot in &slots {
                 let id = ids[layout.position(*slot)];

@@ -628,3 +628,68 @@ fn sealing_into_the_store_on_disk() {
 fn sealing_into_the_store_in_memory() {
     sealing_into_the_store(Store::in_memory().expect("store"), None);
 }
+
+/// A relay that got most of a bundle over the network and can get no
+/// more: parity says in advance whether it can finish on its own.
+#[test]
+fn parity_says_when_it_can_complete_a_stalled_bundle() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&tmp.path().join("data")).expect("open");
+    let s = seal(tmp.path(), "b", 30_000, 1, 100);
+    let folder = BundleFolder::new(&s.folder);
+    let (d, descriptor_bytes) = folder.read_descriptor().expect("descriptor");
+    let (ids, _) = chapar_format::read_index(&d, &folder).expect("index");
+    let layout = d.payload_layout().expect("layout");
+    let chunk =
+        |id: &chapar_format::ChunkId| (*id, fs::read(folder.chunk_path(id)).expect("chunk"));
+    store
+        .add_bundle(&descriptor_bytes, Role::Relaying)
+        .expect("descriptor");
+    assert!(
+        !store.parity_can_complete(&s.id).expect("ask"),
+        "no index yet: nothing to judge by"
+    );
+    store
+        .put_chunks(d.index_chunks.iter().map(chunk))
+        .expect("index chunks");
+    // Stripe 0 lacks three chunks (parity 2); every other stripe lacks one.
+    let stripe0: Vec<usize> = [
+        chapar_format::Slot::Data(0),
+        chapar_format::Slot::Data(1),
+        chapar_format::Slot::Parity {
+            stripe: 0,
+            index: 0,
+        },
+    ]
+    .iter()
+    .map(|slot| layout.position(*slot))
+    .collect();
+    let others: Vec<usize> = (1..layout.stripes())
+        .map(|stripe| layout.position(chapar_format::Slot::Data(layout.stripe_data(stripe).start)))
+        .collect();
+    let held: Vec<_> = (0..ids.len())
+        .filter(|p| !stripe0.contains(p) && !others.contains(p))
+        .map(|p| chunk(&ids[p]))
+        .collect();
+    store.put_chunks(held).expect("most chunks");
+    assert!(
+        !store.parity_can_complete(&s.id).expect("ask"),
+        "stripe 0 lost more than its parity"
+    );
+    store
+        .put_chunks([chunk(&ids[stripe0[0]])])
+        .expect("one more");
+    assert!(store.parity_can_complete(&s.id).expect("ask"));
+    let repair = store.repair_from_parity(&s.id).expect("repair");
+    assert_eq!(repair.rebuilt, 2 + others.len(), "{repair:?}");
+    assert_eq!(repair.unrecoverable_stripes, 0);
+    assert!(store.record(&s.id).expect("record").complete());
+    assert!(
+        !store.parity_can_complete(&s.id).expect("ask"),
+        "nothing left to rebuild"
+    );
+    assert!(!store.fsck(false).expect("fsck").damaged());
+    let out = tmp.path().join("export");
+    export_folder(&store, &s.id, &out).expect("export");
+    open_folder(&out, &s.keys, &tmp.path().join("opened")).expect("opens");
+}
