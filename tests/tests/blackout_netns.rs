@@ -740,8 +740,8 @@ fn relay_args(data: &Path, spec: &RelaySpec) -> Vec<String> {
 
 /// Also held to the byte bound. Runs before the gateway named its
 /// scarce side and before stalled bundles were rebuilt from parity gave
-/// 1.007–1.090× above IP, within the bound in 3 of 5; the four runs after
-/// (2026-11-26) gave 0.974–0.990×: the chunks that die with W3 are rebuilt
+/// 1.007–1.090× above IP, within the bound in 3 of 5; the five runs after
+/// (2026-11-26) gave 0.969–0.990×: the chunks that die with W3 are rebuilt
 /// on the world side instead of crossing again.
 #[test]
 fn bundle_crosses_a_gateway_open_in_short_windows_within_the_byte_bound() {
