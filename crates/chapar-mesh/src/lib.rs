@@ -26,6 +26,7 @@ pub mod ratelimit;
 mod replicator;
 pub mod seed;
 mod serve;
+mod stall;
 mod swarm;
 
 pub use allocator::keep_large_buffers_out_of_the_heap;

@@ -24,6 +24,7 @@ use crate::plan::{plan, Holding, Limits, Want};
 use crate::protocols::{sync_out, PeerFault};
 use crate::seed::Seeder;
 use crate::serve::report_fault;
+use crate::stall::Stalls;
 use crate::swarm::{Command, SwarmNews};
 
 /// Bytes asked for in one request: the unit of a group commit. Several
@@ -149,22 +150,13 @@ struct Books {
     peerbook_written: HashMap<PeerId, Instant>,
     /// The chunk session with each peer chunks are being fetched from.
     sessions: HashMap<PeerId, Session>,
-    /// Stalled bundles checked for a parity repair, with how many chunks
-    /// they lacked then: each is checked again only once that changes.
-    repair_checked: HashMap<BundleId, usize>,
-    /// Bundles being rebuilt from parity now.
-    repairing: HashSet<BundleId>,
-    /// Since when nothing has been fetched for each bundle.
-    stalled_since: HashMap<BundleId, Instant>,
+    /// Bundles nothing is fetched for, and their parity-repair checks.
+    stalls: Stalls,
     /// How fast each peer answers: sizes its batches and budget. Kept
     /// when it disconnects, for the next window.
     pace: HashMap<PeerId, Pace>,
 }
 
-/// How long a bundle goes with nothing fetched for it before parity is
-/// asked to finish it: long enough that a gap between two plans, or a
-/// sync about to show a holder, does not count.
-const STALLED_FOR: Duration = Duration::from_secs(1);
 /// How long a chunk a seeding peer declined is sought elsewhere first.
 const DECLINED_FOR: Duration = Duration::from_secs(30);
 
@@ -517,21 +509,9 @@ impl Replicator {
         done: &mpsc::Sender<Outcome>,
     ) {
         let busy: HashSet<BundleId> = books.chunk_bundle.values().copied().collect();
-        let now = Instant::now();
-        for (bundle, missing) in lacking {
-            if busy.contains(bundle) || books.repairing.contains(bundle) {
-                books.stalled_since.remove(bundle);
-                continue;
-            }
-            let since = *books.stalled_since.entry(*bundle).or_insert(now);
-            if now.duration_since(since) < STALLED_FOR
-                || books.repair_checked.get(bundle) == Some(missing)
-            {
-                continue;
-            }
-            books.repair_checked.insert(*bundle, *missing);
-            books.repairing.insert(*bundle);
-            let (store, done, id) = (self.store.clone(), done.clone(), *bundle);
+        let due = books.stalls.due(lacking, &busy, Instant::now().into_std());
+        for id in due {
+            let (store, done) = (self.store.clone(), done.clone());
             tokio::spawn(async move {
                 let result = store
                     .call(move |s| {
@@ -545,9 +525,6 @@ impl Replicator {
                 let _ = done.send(Outcome::Repaired(id, result)).await;
             });
         }
-        let live: HashSet<BundleId> = lacking.iter().map(|(b, _)| *b).collect();
-        books.repair_checked.retain(|b, _| live.contains(b));
-        books.stalled_since.retain(|b, _| live.contains(b));
     }
 
     /// Plans and sends chunk requests to the peers that hold what is wanted.
@@ -716,7 +693,7 @@ impl Replicator {
                 }
             }
             Outcome::Repaired(bundle, result) => {
-                books.repairing.remove(&bundle);
+                books.stalls.finished(&bundle);
                 match result {
                     Ok(r) if r.rebuilt > 0 => {
                         tracing::info!(%bundle, rebuilt = r.rebuilt, "rebuilt chunks no peer could supply from parity");
