@@ -85,6 +85,16 @@ async fn tcp_addr(node: &DemoNode) -> Result<Multiaddr> {
     anyhow::bail!("{} never started listening", node.name)
 }
 
+/// A loopback TCP address with a port free a moment ago (the gateway
+/// must know the exact address to tell its sides apart, so it cannot
+/// listen on port 0 there).
+fn free_loopback_port() -> Result<Multiaddr> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!("/ip4/127.0.0.1/tcp/{port}").parse()?)
+}
+
 fn socket_of(addr: &Multiaddr) -> Result<SocketAddr> {
     let mut ip = None;
     let mut port = None;
@@ -106,23 +116,29 @@ async fn build_mesh(root: &Path, a: &DemoArgs) -> Result<Mesh> {
     let c1_addr = tcp_addr(&c1).await?;
     let c2 = node("country-relay-2", root, vec![c1_addr.clone()], |_| {}).await?;
     let c2_addr = tcp_addr(&c2).await?;
+    // The international link arrives on a listen address of its own, so
+    // the gateway knows which peers are across it: what it serves the
+    // country relays does not count as having crossed.
+    let world_side = free_loopback_port()?;
     let gateway = node(
         "gateway",
         root,
         vec![c1_addr.clone(), c2_addr.clone()],
         |c| {
-            // As `chapar-relay --scarce-uplink` does.
+            // As `chapar-relay --scarce-uplink-listen ADDR` does.
+            c.listen.push(world_side.clone());
             c.scarce_uplink = true;
+            c.scarce_listen = vec![world_side.clone()];
             c.resend_after = Duration::from_secs(30);
         },
     )
     .await?;
-    let gateway_addr = tcp_addr(&gateway).await?;
+    tcp_addr(&gateway).await?;
     let shape = Shape {
         rate_bytes_per_sec: Some(a.rate.as_u64()),
         initially_up: false,
     };
-    let link = Link::start("127.0.0.1:0".parse()?, socket_of(&gateway_addr)?, shape).await?;
+    let link = Link::start("127.0.0.1:0".parse()?, socket_of(&world_side)?, shape).await?;
     let local = link.local_addr();
     let across = Multiaddr::empty()
         .with(Protocol::Ip4(match local.ip() {
