@@ -23,7 +23,8 @@ pub struct Seeder {
     resend_after: Duration,
     owner: HashMap<ChunkId, BundleId>,
     total: HashMap<BundleId, usize>,
-    last_sent: HashMap<BundleId, HashMap<ChunkId, Instant>>,
+    /// When each chunk last left, and for whom.
+    last_sent: HashMap<BundleId, HashMap<ChunkId, (Instant, PeerId)>>,
     /// When set, only these peers are across the scarce link: the rest
     /// (a gateway's own country side) are served freely, and what they
     /// get does not count as having crossed.
@@ -74,6 +75,8 @@ impl Seeder {
     }
 
     /// Whether to send `chunk` to `peer` now; records it as sent if so.
+    /// A chunk goes again at once to the peer it went to last: asking
+    /// again means it did not arrive.
     pub fn allow(&mut self, chunk: &ChunkId, peer: &PeerId, now: Instant) -> bool {
         if self
             .far_side
@@ -88,10 +91,13 @@ impl Seeder {
         let sent = self.last_sent.entry(*bundle).or_default();
         let allowed = match sent.get(chunk) {
             None => true,
-            Some(last) => now.saturating_duration_since(*last) >= self.resend_after,
+            // The peer it went to asks again: it never got it (the
+            // connection was cut while it crossed).
+            Some((_, to)) if to == peer => true,
+            Some((last, _)) => now.saturating_duration_since(*last) >= self.resend_after,
         };
         if allowed {
-            sent.insert(*chunk, now);
+            sent.insert(*chunk, (now, *peer));
         }
         allowed
     }
@@ -113,7 +119,7 @@ impl Seeder {
                 .get_mut(bundle)
                 .and_then(|m| m.get_mut(chunk))
             {
-                *at = now;
+                at.0 = now;
             }
         }
     }
@@ -138,10 +144,10 @@ mod tests {
         let chunks: Vec<ChunkId> = (0..3u8).map(|i| ChunkId([i; 32])).collect();
         let mut seeder = Seeder::new(Duration::from_secs(10));
         seeder.track(bundle, &chunks);
-        let p = PeerId::random();
+        let (p, q) = (PeerId::random(), PeerId::random());
         assert!(seeder.allow(&chunks[0], &p, t0));
         assert!(
-            !seeder.allow(&chunks[0], &p, t0),
+            !seeder.allow(&chunks[0], &q, t0),
             "just sent: the asker gets it elsewhere"
         );
         assert!(seeder.allow(&chunks[1], &p, t0));
@@ -152,10 +158,10 @@ mod tests {
             seeder.allow(&chunks[0], &p, later),
             "sent long enough ago: maybe lost"
         );
-        assert!(!seeder.allow(&chunks[0], &p, later), "just sent again");
+        assert!(!seeder.allow(&chunks[0], &q, later), "just sent again");
         seeder.finished(&chunks[1], &p, later);
         assert!(
-            !seeder.allow(&chunks[1], &p, later),
+            !seeder.allow(&chunks[1], &q, later),
             "the wait counts from when it finished"
         );
         assert_eq!(
@@ -181,6 +187,7 @@ mod tests {
         seeder.on_far_side(far);
         seeder.on_far_side(far2);
         // A country-side relay takes the whole bundle: nothing crossed.
+        // (Also: the far peer a chunk went to may ask again, below.)
         assert!(seeder.allow(&chunk, &near, t0));
         seeder.finished(&chunk, &near, t0);
         assert!(
@@ -190,6 +197,11 @@ mod tests {
         assert_eq!(seeder.handed_off(&bundle), Some((0, 1)));
         // Across the link, each chunk still goes once.
         assert!(seeder.allow(&chunk, &far, t0));
+        assert!(!seeder.allow(&chunk, &far2, t0));
+        assert!(
+            seeder.allow(&chunk, &far, t0),
+            "the peer it went to asks again: it did not arrive"
+        );
         assert!(!seeder.allow(&chunk, &far2, t0));
         assert_eq!(seeder.handed_off(&bundle), Some((1, 1)));
     }
