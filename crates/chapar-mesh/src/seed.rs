@@ -61,6 +61,14 @@ impl Seeder {
         self.resend_after
     }
 
+    /// Whether `peer` is on this node's side of the scarce link: served
+    /// freely, and not counted.
+    fn on_near_side(&self, peer: &PeerId) -> bool {
+        self.far_side
+            .as_ref()
+            .is_some_and(|far| !far.contains(peer))
+    }
+
     /// Whether the bundle's chunks are being tracked already.
     pub fn knows(&self, bundle: &BundleId) -> bool {
         self.total.contains_key(bundle)
@@ -78,11 +86,7 @@ impl Seeder {
     /// A chunk goes again at once to the peer it went to last: asking
     /// again means it did not arrive.
     pub fn allow(&mut self, chunk: &ChunkId, peer: &PeerId, now: Instant) -> bool {
-        if self
-            .far_side
-            .as_ref()
-            .is_some_and(|far| !far.contains(peer))
-        {
+        if self.on_near_side(peer) {
             return true;
         }
         let Some(bundle) = self.owner.get(chunk) else {
@@ -106,11 +110,7 @@ impl Seeder {
     /// before a resend counts from there (on a slow link a chunk takes
     /// long to go).
     pub fn finished(&mut self, chunk: &ChunkId, peer: &PeerId, now: Instant) {
-        if self
-            .far_side
-            .as_ref()
-            .is_some_and(|far| !far.contains(peer))
-        {
+        if self.on_near_side(peer) {
             return;
         }
         if let Some(bundle) = self.owner.get(chunk) {
