@@ -29,7 +29,7 @@ rm -f "$work/dd.bin"
 
 sync
 /usr/bin/time -v "$chapar" import --data-dir "$work/data" "$work/bundle" >/dev/null 2>"$work/time.txt"
-"$chapar" --json status --data-dir "$work/data" | grep -q "\"complete\":true" || { echo "import did not complete" >&2; cat "$work/time.txt" >&2; exit 1; }
+"$chapar" --json status --data-dir "$work/data" | grep "\"complete\":true" >/dev/null || { echo "import did not complete" >&2; cat "$work/time.txt" >&2; exit 1; }
 wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$work/time.txt" |
   awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
 rss=$(awk -F': ' '/Maximum resident set size/ {print $2/1024}' "$work/time.txt")

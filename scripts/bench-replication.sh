@@ -44,7 +44,7 @@ rm -rf "$work/bundle"
 bytes=$(chunk_bytes "$work/A/chunks")
 
 extra=()
-"$relay" --help | grep -q -- '--no-mdns' && extra+=(--no-mdns)
+"$relay" --help | grep -- '--no-mdns' >/dev/null && extra+=(--no-mdns)
 
 # Seconds since the epoch of a tracing log line (its leading RFC 3339 stamp).
 stamp() { date -d "$(echo "$1" | awk '{print $1}')" +%s.%N; }
@@ -77,7 +77,7 @@ replicate() {
   cpu=$(cpu_secs "$pid_b")
   kill "$pid_b"
   wait "$pid_b" 2>/dev/null || true
-  "$chapar" --json status --data-dir "$work/B" | grep -q '"complete":true' ||
+  "$chapar" --json status --data-dir "$work/B" | grep '"complete":true' >/dev/null ||
     { echo "relay B does not hold the whole bundle" >&2; exit 1; }
   got=$(chunk_bytes "$work/B/chunks")
   [ "$got" -eq "$bytes" ] || { echo "relay B holds $got bytes of chunks, A $bytes" >&2; exit 1; }

@@ -73,7 +73,7 @@ chapar="$work/bin/chapar"
 relay="$work/bin/chapar-relay"
 baseline="$work/bin/stream_baseline"
 
-echo "binaries built from $(git rev-parse --short HEAD)$(git status --porcelain -uno | grep -q . && echo ' with uncommitted changes' || true), $(date -u +%F)"
+echo "binaries built from $(git rev-parse --short HEAD)$(git status --porcelain -uno | grep . >/dev/null && echo ' with uncommitted changes' || true), $(date -u +%F)"
 recipient=$("$chapar" keygen -o "$work/key.txt" 2>/dev/null)
 
 cat >"$work/rawtcp.py" <<'EOF'
