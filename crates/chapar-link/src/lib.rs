@@ -7,6 +7,10 @@
 //! - **throttled**: a token bucket per direction ([`Shape::rate_bytes_per_sec`]);
 //! - **cut and healed**: [`Link::set_up`]`(false)` resets every connection in
 //!   flight and refuses new ones, `set_up(true)` carries them again;
+//! - **stalled**: [`Link::set_stalled`]`(true)` stops carrying bytes but
+//!   keeps every connection open, as when a satellite window closes under
+//!   a TCP connection that waits for it to reopen; `set_stalled(false)`
+//!   carries on where it stopped;
 //! - **open in windows**: [`Link::run_schedule`] toggles it on a
 //!   [`Schedule`], like a satellite gateway whose international link opens
 //!   for a few minutes at a time;
@@ -114,6 +118,8 @@ impl State {
 struct Shared {
     local_addr: SocketAddr,
     state: watch::Sender<State>,
+    /// Whether bytes are held rather than carried.
+    stalled: watch::Sender<bool>,
     to_target: AtomicU64,
     from_target: AtomicU64,
     accepted: AtomicU64,
@@ -242,6 +248,7 @@ impl Link {
         let shared = Arc::new(Shared {
             local_addr,
             state,
+            stalled: watch::Sender::new(false),
             to_target: AtomicU64::new(0),
             from_target: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
@@ -284,6 +291,16 @@ impl Link {
     /// sets the state again at its next window edge.
     pub fn set_up(&self, up: bool) {
         self.shared.set_up(up);
+    }
+
+    /// Stalls the link, or lets it carry again. A stalled link holds every
+    /// byte it reads (at most one buffer per direction of each
+    /// connection; TCP's flow control stops the senders) and delivers
+    /// nothing, without closing or resetting any connection; new ones are
+    /// accepted and held too. Stalled time still counts as open time.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.shared.stalled.send_replace(stalled);
+        tracing::debug!(link = %self.shared.local_addr, stalled, "link stall");
     }
 
     /// Toggles the link on `schedule`, starting now with an up window,
@@ -476,13 +493,13 @@ async fn carry(client: TcpStream, target: SocketAddr, shared: Arc<Shared>) {
             &mut client_read,
             &mut server_write,
             &shared.to_target,
-            to_bucket
+            (to_bucket, shared.stalled.subscribe())
         ),
         pump(
             &mut server_read,
             &mut client_write,
             &shared.from_target,
-            from_bucket
+            (from_bucket, shared.stalled.subscribe())
         ),
     );
     // An error on either side resets both (on drop); two orderly ends
@@ -496,7 +513,7 @@ async fn pump<R, W>(
     from: &mut R,
     to: &mut W,
     counter: &AtomicU64,
-    bucket: Option<&Bucket>,
+    (bucket, mut stalled): (Option<&Bucket>, watch::Receiver<bool>),
 ) -> io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -508,6 +525,10 @@ where
         let n = from.read(&mut buf[..max]).await?;
         if n == 0 {
             return to.shutdown().await;
+        }
+        // The sender is gone only when the link is: then the pump ends.
+        if stalled.wait_for(|s| !*s).await.is_err() {
+            return Ok(());
         }
         if let Some(bucket) = bucket {
             bucket.take(n).await;

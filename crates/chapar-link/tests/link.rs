@@ -167,6 +167,35 @@ async fn going_down_cuts_open_connections_and_turns_new_ones_away_until_it_is_up
 }
 
 #[tokio::test]
+async fn a_stalled_link_holds_bytes_without_closing_and_then_delivers_them_in_order() {
+    let link = link_to(echo_server().await, Shape::default()).await;
+    let mut s = TcpStream::connect(link.local_addr()).await.unwrap();
+    assert_eq!(round_trip(&mut s, b"before").await, b"before");
+
+    link.set_stalled(true);
+    let held = pattern(100_000);
+    s.write_all(&held).await.unwrap();
+    let mut back = vec![0u8; held.len()];
+    // Nothing comes back, and the connection is neither closed nor reset.
+    assert!(
+        timeout(Duration::from_millis(500), s.read_exact(&mut back[..1]))
+            .await
+            .is_err(),
+        "a stalled link delivered bytes"
+    );
+    assert_eq!(link.bytes_forwarded(), (6, 6), "only what passed before");
+
+    link.set_stalled(false);
+    timeout(PATIENCE, s.read_exact(&mut back))
+        .await
+        .expect("the held bytes never came")
+        .unwrap();
+    assert_eq!(back, held);
+    assert_eq!(link.bytes_forwarded(), (100_006, 100_006));
+    assert_eq!(link.connections_accepted(), 1, "one connection throughout");
+}
+
+#[tokio::test]
 async fn a_link_that_starts_down_carries_nothing_and_counts_no_open_time() {
     let link = link_to(
         echo_server().await,

@@ -20,18 +20,28 @@
 //! while the disk flushes. When the link fails or the peer breaks the
 //! protocol, every batch not yet answered is reported failed, so it is
 //! planned again.
+//!
+//! A link can also stall without failing: a satellite window closes, and
+//! TCP waits for it to reopen. The session records since when its reader
+//! has waited on the link with nothing arriving ([`Session::silent_for`]),
+//! so the replicator can give up on it (by dropping the [`Session`]: the
+//! read under way fails, and every batch not answered comes back failed)
+//! and ask a peer that holds the same chunks.
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
 use chapar_format::ChunkId;
 use chapar_store::StoreHandle;
 use chapar_wire::{Message, CHUNK_PROTOCOL};
 use futures::io::{ReadHalf, WriteHalf};
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::framing::{read_message, write_message, FrameError};
 use crate::protocols::{failed_link, PeerFault, IDLE};
@@ -85,10 +95,90 @@ pub(crate) struct Context {
 /// Most bytes that may wait for a commit, across all sessions.
 pub(crate) const COMMIT_BACKLOG: u32 = 8 * 1024 * 1024;
 
-/// Where the replicator sends a peer's batches. Closed once the session
-/// has ended; a batch sent then (or when it is full) comes back in the
-/// error.
-pub(crate) type Session = mpsc::Sender<Batch>;
+/// The replicator's end of a session with one peer: where it sends the
+/// peer's batches. Dropping it abandons the session: its stream is
+/// dropped and every batch not yet answered comes back failed.
+pub(crate) struct Session {
+    batches: mpsc::Sender<Batch>,
+    listening: Listening,
+    /// Never sent on: dropping it is what tells the session to stop.
+    _abandon: oneshot::Sender<()>,
+}
+
+impl Session {
+    /// Queues a batch; a full or ended session hands it back.
+    pub(crate) fn try_send(&self, batch: Batch) -> Result<(), Batch> {
+        self.batches
+            .try_send(batch)
+            .map_err(|refused| match refused {
+                mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b,
+            })
+    }
+
+    /// Whether the session has ended (its stream failed or idled out).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.batches.is_closed()
+    }
+
+    /// How long the session has waited on the link for answers with not a
+    /// byte arriving (zero unless it is waiting on the link).
+    pub(crate) fn silent_for(&self, now: Instant) -> Duration {
+        self.listening.silent_for(now)
+    }
+}
+
+/// Since when a session has waited on the link with nothing arriving:
+/// `None` while it is not waiting on the link (nothing asked, or waiting
+/// for the disk).
+#[derive(Clone, Default)]
+struct Listening(Arc<Mutex<Option<Instant>>>);
+
+impl Listening {
+    fn set(&self, since: Option<Instant>) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = since;
+        }
+    }
+
+    fn silent_for(&self, now: Instant) -> Duration {
+        let since = self.0.lock().ok().and_then(|s| *s);
+        since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+}
+
+/// A reader that marks every read that brings bytes as a sign of life,
+/// and fails every read once the session is abandoned: the batch being
+/// read then ends as a failed one, keeping what had arrived of it.
+struct Watched<R> {
+    inner: R,
+    listening: Listening,
+    /// Resolves when the [`Session`] is dropped; `None` once it has.
+    abandoned: Option<oneshot::Receiver<()>>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Watched<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(abandoned) = &mut self.abandoned {
+            if Pin::new(abandoned).poll(cx).is_ready() {
+                self.abandoned = None;
+            }
+        }
+        if self.abandoned.is_none() {
+            return Poll::Ready(Err(std::io::Error::other(
+                "given up on: the peer sent nothing for too long",
+            )));
+        }
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.listening.set(Some(Instant::now()));
+        }
+        polled
+    }
+}
 
 /// Batches queued in a session at most. The in-flight budget bounds them
 /// first, unless chunks are tiny.
@@ -98,8 +188,15 @@ const QUEUED_BATCHES: usize = 64;
 /// arrives.
 pub(crate) fn start(context: Context, peer: PeerId) -> Session {
     let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
-    tokio::spawn(run(context, peer, rx));
-    tx
+    let (abandon, abandoned) = oneshot::channel();
+    // Opening the stream is waiting on the link too.
+    let listening = Listening(Arc::new(Mutex::new(Some(Instant::now()))));
+    tokio::spawn(run(context, peer, rx, (listening.clone(), abandoned)));
+    Session {
+        batches: tx,
+        listening,
+        _abandon: abandon,
+    }
 }
 
 /// A batch that has been answered (perhaps only in part), on its way to
@@ -113,14 +210,24 @@ struct Arrived {
     backlog: Option<OwnedSemaphorePermit>,
 }
 
-async fn run(context: Context, peer: PeerId, mut batches: mpsc::Receiver<Batch>) {
+async fn run(
+    context: Context,
+    peer: PeerId,
+    mut batches: mpsc::Receiver<Batch>,
+    (listening, mut abandoned): (Listening, oneshot::Receiver<()>),
+) {
     let Context {
         store,
         mut control,
         reports,
         backlog,
     } = context;
-    let stream = match crate::replicator::open_stream(&mut control, peer, CHUNK_PROTOCOL).await {
+    let opening = crate::replicator::open_stream(&mut control, peer, CHUNK_PROTOCOL);
+    let opened = tokio::select! {
+        opened = opening => opened,
+        _ = &mut abandoned => Err(failed_link()),
+    };
+    let stream = match opened {
         Ok(stream) => stream,
         Err(fault) => {
             batches.close();
@@ -134,7 +241,13 @@ async fn run(context: Context, peer: PeerId, mut batches: mpsc::Receiver<Batch>)
     };
     let (arrivals, arrived) = mpsc::channel(QUEUED_BATCHES);
     let committer = tokio::spawn(commit_all(store, peer, arrived, reports.clone()));
-    let (mut reading, mut writing) = stream.split();
+    let (reading, mut writing) = stream.split();
+    listening.set(None);
+    let mut reading = Watched {
+        inner: reading,
+        listening: listening.clone(),
+        abandoned: Some(abandoned),
+    };
     let (asked_tx, mut asked) = mpsc::channel(QUEUED_BATCHES);
     let outcome = futures::future::try_join(
         request_all(&mut writing, &mut batches, asked_tx),
@@ -204,14 +317,16 @@ async fn request_all(
 
 /// Reads the answers to each batch asked, in order, and passes them on.
 async fn read_all(
-    reading: &mut ReadHalf<Stream>,
+    reading: &mut Watched<ReadHalf<Stream>>,
     asked: &mut mpsc::Receiver<Batch>,
     arrivals: &mpsc::Sender<Arrived>,
     backlog: &Arc<Semaphore>,
     (peer, reports): (PeerId, &mpsc::Sender<Report>),
 ) -> Result<(), PeerFault> {
     while let Some(batch) = asked.recv().await {
+        reading.listening.set(Some(Instant::now()));
         let mut arrived = read_batch(reading, batch).await;
+        reading.listening.set(None);
         let weight: usize = arrived.chunks.iter().map(|(_, b)| b.len()).sum();
         let places = u32::try_from(weight)
             .unwrap_or(u32::MAX)
@@ -241,7 +356,7 @@ async fn read_all(
 /// Reads the answers to one batch. A peer whose answers would weigh more
 /// than the bytes reserved for them is cut off as it does, before the
 /// bytes are held (they are checked only when stored).
-async fn read_batch(reading: &mut ReadHalf<Stream>, batch: Batch) -> Arrived {
+async fn read_batch(reading: &mut Watched<ReadHalf<Stream>>, batch: Batch) -> Arrived {
     let mut chunks = Vec::with_capacity(batch.ids.len());
     let mut missing = Vec::new();
     let mut fault = None;

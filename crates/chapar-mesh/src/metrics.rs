@@ -25,6 +25,9 @@ pub struct NodeStats {
     pub bytes_served: Counter,
     /// Chunks rebuilt from parity when no peer could supply them.
     pub chunks_rebuilt: Counter,
+    /// Chunk sessions given up on because the peer went silent while
+    /// another peer held the whole bundle.
+    pub requests_abandoned: Counter,
     /// Peers cut off for breaking a protocol.
     pub peers_banned: Counter,
     /// Gossip messages rejected as invalid.
@@ -70,6 +73,11 @@ impl NodeStats {
             "chunks_rebuilt",
             "Chunks rebuilt from parity when no peer could supply them",
             self.chunks_rebuilt.clone(),
+        );
+        r.register(
+            "requests_abandoned",
+            "Chunk sessions given up on because the peer went silent while another held the whole bundle",
+            self.requests_abandoned.clone(),
         );
         r.register(
             "peers_banned",

@@ -132,6 +132,28 @@ pub fn plan<P: Copy + Eq + std::hash::Hash + Ord>(
     out
 }
 
+/// Leaves `benched` peers (given up on for going silent) holding only
+/// the bundles no other peer holds whole, so nothing new waits on a link
+/// that stalled while a sure alternative exists, and nothing that only
+/// they hold is given up.
+pub fn bench<P: Copy + Eq + std::hash::Hash>(
+    holdings: &mut HashMap<P, HashMap<BundleId, Holding>>,
+    benched: &HashSet<P>,
+) {
+    let whole_elsewhere: HashSet<BundleId> = holdings
+        .iter()
+        .filter(|(p, _)| !benched.contains(p))
+        .flat_map(|(_, h)| h.iter())
+        .filter(|(_, h)| **h == Holding::Complete)
+        .map(|(b, _)| *b)
+        .collect();
+    for p in benched {
+        if let Some(h) = holdings.get_mut(p) {
+            h.retain(|b, _| !whole_elsewhere.contains(b));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,5 +281,27 @@ mod tests {
             &HashMap::new(),
         );
         assert_eq!(p[&1], vec![wants[0].missing[1]]);
+    }
+
+    #[test]
+    fn a_benched_peer_keeps_only_what_no_one_else_holds_whole() {
+        let mut holdings = holds(&[
+            (1, &[(1, Holding::Complete), (2, Holding::Complete)]),
+            (2, &[(1, Holding::Complete), (2, Holding::Partial)]),
+            (3, &[(3, Holding::Complete)]),
+        ]);
+        bench(&mut holdings, &[1, 3].into());
+        // Bundle 1 is whole at peer 2; bundle 2 only partly; bundle 3 is
+        // held by benched peer 3 alone.
+        assert_eq!(
+            holdings[&1].keys().collect::<Vec<_>>(),
+            [&BundleId([2; 32])]
+        );
+        assert_eq!(holdings[&2].len(), 2, "peers not benched keep everything");
+        assert_eq!(
+            holdings[&3].len(),
+            1,
+            "what only a benched peer holds stays"
+        );
     }
 }

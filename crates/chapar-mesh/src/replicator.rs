@@ -20,7 +20,7 @@ use crate::gate::{expiry_is_sane, DescriptorGate};
 use crate::metrics::NodeStats;
 use crate::pace::Pace;
 use crate::peerbook::PeerRecord;
-use crate::plan::{plan, Holding, Limits, Want};
+use crate::plan::{bench, plan, Holding, Limits, Want};
 use crate::protocols::{sync_out, PeerFault};
 use crate::seed::Seeder;
 use crate::serve::report_fault;
@@ -133,20 +133,23 @@ impl StoreGauges {
 #[derive(Default)]
 struct Books {
     peers: HashMap<PeerId, PeerState>,
-    in_flight: HashSet<ChunkId>,
+    /// Chunks asked for: of which peer, and the bundle they belong to.
+    in_flight: HashMap<ChunkId, (PeerId, BundleId)>,
     in_flight_bytes: HashMap<PeerId, u64>,
     /// (peer, chunk) pairs a peer said it does not hold.
     not_there: HashSet<(PeerId, ChunkId)>,
     /// Chunks a peer holding the whole bundle declined to send (it is
-    /// super-seeding: another peer got that chunk). Unlike `not_there`,
-    /// this outlives the peer's next inventory, so the chunk is fetched
-    /// from whoever got it rather than asked of the seeder again.
+    /// super-seeding: another peer got that chunk), until when. Unlike
+    /// `not_there`, this outlives the peer's next inventory, so the chunk
+    /// is fetched from whoever got it rather than asked of the seeder
+    /// again.
     declined: HashMap<(PeerId, ChunkId), Instant>,
+    /// Peers given up on for going silent, until when: they are asked
+    /// only for bundles no other peer holds whole.
+    benched: HashMap<PeerId, Instant>,
     /// Bundles already reported complete.
     completed: HashSet<BundleId>,
     meta: HashMap<BundleId, BundleMeta>,
-    /// Which bundle each chunk in flight belongs to.
-    chunk_bundle: HashMap<ChunkId, BundleId>,
     peerbook_written: HashMap<PeerId, Instant>,
     /// The chunk session with each peer chunks are being fetched from.
     sessions: HashMap<PeerId, Session>,
@@ -159,6 +162,12 @@ struct Books {
 
 /// How long a chunk a seeding peer declined is sought elsewhere first.
 const DECLINED_FOR: Duration = Duration::from_secs(30);
+/// A peer that has sent not a byte of what it was asked for in this long
+/// is silent: its link has stalled (a window closed, and TCP waits).
+const SILENT_AFTER: Duration = Duration::from_secs(2);
+/// How long a peer given up on for silence is asked only for what no
+/// one else holds whole.
+const BENCHED_FOR: Duration = Duration::from_secs(10);
 
 impl Books {
     /// Frees bytes of a peer's in-flight budget.
@@ -170,16 +179,20 @@ impl Books {
 
     /// Frees what a batch reserved; returns the bundle of each of its
     /// chunks.
+    /// A chunk asked again of another peer stays reserved for that one.
     fn release(&mut self, peer: PeerId, batch: &Batch) -> Vec<(ChunkId, BundleId)> {
-        for c in &batch.ids {
-            self.in_flight.remove(c);
-        }
         self.release_bytes(peer, batch.bytes);
-        batch
-            .ids
-            .iter()
-            .filter_map(|c| Some((*c, self.chunk_bundle.remove(c)?)))
-            .collect()
+        let mut bundles = Vec::with_capacity(batch.ids.len());
+        for c in &batch.ids {
+            let Some((asked_of, bundle)) = self.in_flight.get(c).copied() else {
+                continue;
+            };
+            if asked_of == peer {
+                self.in_flight.remove(c);
+            }
+            bundles.push((*c, bundle));
+        }
+        bundles
     }
 
     /// Times an answer from `peer` (`received` bytes of chunks, 0 for a
@@ -269,6 +282,7 @@ impl Replicator {
                     self.start_fetches(&mut books, &sessions, &done_tx).await;
                 }
                 _ = tick.tick() => {
+                    self.abandon_silent(&mut books);
                     self.start_syncs(&mut books, &done_tx);
                     self.start_fetches(&mut books, &sessions, &done_tx).await;
                 }
@@ -508,7 +522,7 @@ impl Replicator {
         lacking: &[(BundleId, usize)],
         done: &mpsc::Sender<Outcome>,
     ) {
-        let busy: HashSet<BundleId> = books.chunk_bundle.values().copied().collect();
+        let busy: HashSet<BundleId> = books.in_flight.values().map(|(_, b)| *b).collect();
         let due = books.stalls.due(lacking, &busy, Instant::now().into_std());
         for id in due {
             let (store, done) = (self.store.clone(), done.clone());
@@ -527,16 +541,64 @@ impl Replicator {
         }
     }
 
+    /// Gives up on the requests of each peer that has been silent for
+    /// [`SILENT_AFTER`] (its link stalled without closing: a satellite
+    /// window shut, and TCP waits for it) when another connected peer,
+    /// not silent, holds the whole bundle of one of those chunks. Its
+    /// session is dropped, so its batches come back failed and are asked
+    /// of others, and it is benched for [`BENCHED_FOR`] (asked only for
+    /// bundles no one else holds whole), so that new requests do not wait
+    /// on it in turn.
+    /// Only whole holders count: a partial one may lack the very chunks,
+    /// and then the silent peer's link was the only way. Bytes of the
+    /// dropped stream still crossing that link are lost, but the chunks
+    /// were coming the other way anyway.
+    fn abandon_silent(&self, books: &mut Books) {
+        let now = std::time::Instant::now();
+        let silent: HashSet<PeerId> = books
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.silent_for(now) >= SILENT_AFTER)
+            .map(|(p, _)| *p)
+            .chain(books.benched.keys().copied())
+            .collect();
+        for peer in &silent {
+            let asked: Vec<(ChunkId, BundleId)> = books
+                .in_flight
+                .iter()
+                .filter(|(_, (p, _))| p == peer)
+                .map(|(c, (_, b))| (*c, *b))
+                .collect();
+            let elsewhere = |(c, b): &(ChunkId, BundleId)| {
+                books.peers.keys().any(|q| {
+                    !silent.contains(q)
+                        && books.holds_whole(q, b)
+                        && !books.declined.contains_key(&(*q, *c))
+                })
+            };
+            if !asked.iter().any(elsewhere) {
+                continue;
+            }
+            tracing::info!(%peer, chunks = asked.len(), "asking others for chunks a silent peer has not sent");
+            self.stats.requests_abandoned.inc();
+            books.benched.insert(*peer, Instant::now() + BENCHED_FOR);
+            books.sessions.remove(peer);
+        }
+    }
+
     /// Plans and sends chunk requests to the peers that hold what is wanted.
     fn request(&self, books: &mut Books, wants: &mut [Want], sessions: &fetch::Context) {
-        books.declined.retain(|_, at| at.elapsed() < DECLINED_FOR);
+        let now = Instant::now();
+        books.declined.retain(|_, until| *until > now);
+        books.benched.retain(|_, until| *until > now);
         let mut lacking = books.not_there.clone();
         lacking.extend(books.declined.keys().copied());
-        let holdings: HashMap<PeerId, HashMap<BundleId, Holding>> = books
+        let mut holdings: HashMap<PeerId, HashMap<BundleId, Holding>> = books
             .peers
             .iter()
             .map(|(p, s)| (*p, s.holdings.clone()))
             .collect();
+        bench(&mut holdings, &books.benched.keys().copied().collect());
         // A chunk every holder said it lacks waits for a fresh inventory.
         for w in wants.iter_mut() {
             w.missing.retain(|c| {
@@ -552,10 +614,11 @@ impl Replicator {
                 (*p, pace.budget(self.limits.per_peer_bytes))
             })
             .collect();
+        let asked: HashSet<ChunkId> = books.in_flight.keys().copied().collect();
         let requests = plan(
             wants,
             &holdings,
-            (&books.in_flight, &books.in_flight_bytes),
+            (&asked, &books.in_flight_bytes),
             &lacking,
             self.limits,
             &budgets,
@@ -568,17 +631,15 @@ impl Replicator {
             .iter()
             .flat_map(|w| w.missing.iter().map(move |c| (*c, w.bundle)))
             .collect();
-        let now = Instant::now();
         for (peer, ids) in requests {
             let pace = books.pace.entry(peer).or_default();
             let batch_bytes = pace.batch_bytes(BATCH_BYTES);
             let was_idle = books.in_flight_bytes.get(&peer).is_none_or(|b| *b == 0);
             pace.asked(was_idle, now.into_std());
             for (ids, bytes) in batches(&ids, &chunk_size, batch_bytes) {
-                books.in_flight.extend(ids.iter().copied());
                 for c in &ids {
                     if let Some(b) = bundle_of.get(c) {
-                        books.chunk_bundle.insert(*c, *b);
+                        books.in_flight.insert(*c, (peer, *b));
                     }
                 }
                 *books.in_flight_bytes.entry(peer).or_default() += bytes;
@@ -595,12 +656,9 @@ impl Replicator {
         if session.is_closed() {
             *session = start();
         }
-        if let Err(refused) = session.try_send(batch) {
+        if let Err(batch) = session.try_send(batch) {
             // Full, or ended just now: the reservation goes back, and the
             // chunks are planned again.
-            let batch = match refused {
-                mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b,
-            };
             books.release(peer, &batch);
         }
     }
@@ -713,7 +771,9 @@ impl Replicator {
                             let bundle =
                                 batch_bundles.iter().find(|(x, _)| *x == c).map(|(_, b)| *b);
                             if bundle.is_some_and(|b| books.holds_whole(&peer, &b)) {
-                                books.declined.insert((peer, c), Instant::now());
+                                books
+                                    .declined
+                                    .insert((peer, c), Instant::now() + DECLINED_FOR);
                             } else {
                                 books.not_there.insert((peer, c));
                             }
