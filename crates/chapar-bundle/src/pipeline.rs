@@ -11,9 +11,11 @@ use chapar_format::{ChunkSink, Chunked, Geometry, ParamError, StripeWriter};
 
 /// Bytes handed to the worker per message.
 const BLOCK: usize = 1024 * 1024;
-/// Blocks in flight: bounds memory to about `DEPTH × BLOCK`. Deep enough
-/// that encryption keeps going while the worker codes a stripe's parity.
-const DEPTH: usize = 8;
+/// Blocks in flight: bounds memory to about `DEPTH × BLOCK`. Three keep
+/// encryption going while the worker codes a stripe's parity: eight
+/// sealed 256 MiB about 5 % faster and peaked 4–5 MiB higher, and the
+/// sender's peak is the seal's (docs/BENCHMARKS.md).
+const DEPTH: usize = 3;
 
 /// A `Write` whose bytes are chunked by a worker thread (scoped, so the
 /// sink may borrow).
