@@ -36,14 +36,45 @@ pub async fn read_message<S: AsyncRead + Unpin>(
         }
     }
     let len = frame_length(header, max)?;
-    // Grow with what actually arrives (a peer that announces a large frame
-    // and sends nothing costs nothing), reading straight into the body.
+    // The kind and a chunk's id are read apart, so that a chunk's bytes
+    // land in a buffer of their own, exactly sized, and stay there.
+    let mut head = [0u8; Message::SPLIT_HEAD];
+    let lead = len.min(Message::SPLIT_HEAD);
+    read_exactly(stream, &mut head[..lead], idle).await?;
+    let rest = read_body(stream, len - lead, idle).await?;
+    Ok(Some(Message::decode_split(&head[..lead], rest)?))
+}
+
+async fn read_exactly<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8],
+    idle: Duration,
+) -> Result<(), FrameError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match patiently(idle, stream.read(&mut buf[filled..])).await? {
+            0 => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
+            n => filled += n,
+        }
+    }
+    Ok(())
+}
+
+/// Reads `len` bytes, growing the buffer with what actually arrives (a
+/// peer that announces a large frame and sends nothing costs nothing).
+async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    len: usize,
+    idle: Duration,
+) -> Result<Vec<u8>, FrameError> {
     let mut body: Vec<u8> = Vec::new();
     let mut filled = 0;
     while filled < len {
         if filled == body.len() {
-            // Each byte is zeroed once, as the buffer grows by doubling.
+            // Doubling, so each byte is zeroed once; exact, so a 1 MiB
+            // chunk does not sit in 2 MiB of capacity.
             let grow = body.len().max(64 * 1024).min(len - filled);
+            body.reserve_exact(grow);
             body.resize(filled + grow, 0);
         }
         match patiently(idle, stream.read(&mut body[filled..])).await {
@@ -52,7 +83,7 @@ pub async fn read_message<S: AsyncRead + Unpin>(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Some(Message::decode_owned(body)?))
+    Ok(body)
 }
 
 async fn patiently<T>(

@@ -83,9 +83,13 @@ impl Store {
     /// every stripe lacks no more chunks than its parity covers. Reads no
     /// chunk but the index, so it is cheap to ask whenever a bundle stalls.
     pub fn parity_can_complete(&self, id: &BundleId) -> Result<bool, StoreError> {
-        let record = self.record(id)?;
-        if !record.index_known {
-            return Ok(false);
+        if !self.record(id)?.index_known {
+            // Index chunks that never came are rebuilt from the index's
+            // own parity here, once nothing else will bring them.
+            self.learn_index(id)?;
+            if !self.record(id)?.index_known {
+                return Ok(false);
+            }
         }
         let missing: HashSet<ChunkId> = self.missing_chunks(id)?.into_iter().collect();
         if missing.is_empty() {

@@ -607,7 +607,7 @@ impl Store {
         // need the lock: release it first.
         drop(writing);
         for owner in owners {
-            self.learn_index(&owner)?;
+            self.learn_index_once_held(&owner)?;
         }
         Ok(report)
     }
@@ -635,9 +635,28 @@ impl Store {
         Ok(out)
     }
 
-    /// Once a bundle's index chunks are here, reads the index and starts
-    /// wanting every payload chunk.
-    fn learn_index(&self, id: &BundleId) -> Result<(), StoreError> {
+    /// [`Store::learn_index`] once every index chunk is held. Chunks arrive
+    /// one batch at a time: reading the index as soon as parity could
+    /// cover the rest would rebuild from parity a chunk that is on its way,
+    /// and the Reed–Solomon tables that takes (8 MiB, kept for the life of
+    /// the process) would be most of a relay's memory. A bundle whose
+    /// index chunk never comes is rebuilt when it stalls
+    /// ([`Store::parity_can_complete`]).
+    fn learn_index_once_held(&self, id: &BundleId) -> Result<(), StoreError> {
+        match self.record(id) {
+            Ok(r) if !r.index_known => {}
+            Ok(_) | Err(StoreError::UnknownBundle { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        if self.missing_chunks(id)?.is_empty() {
+            self.learn_index(id)?;
+        }
+        Ok(())
+    }
+
+    /// Once enough of a bundle's index chunks are here (parity rebuilding
+    /// the rest), reads the index and starts wanting every payload chunk.
+    pub(crate) fn learn_index(&self, id: &BundleId) -> Result<(), StoreError> {
         let mut rec = match self.record(id) {
             Ok(r) => r,
             Err(StoreError::UnknownBundle { .. }) => return Ok(()),

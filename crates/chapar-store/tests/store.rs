@@ -693,3 +693,66 @@ fn parity_says_when_it_can_complete_a_stalled_bundle() {
     export_folder(&store, &s.id, &out).expect("export");
     open_folder(&out, &s.keys, &tmp.path().join("opened")).expect("opens");
 }
+
+/// Index chunks arrive a batch at a time: the index is read once every
+/// one is held, not rebuilt from parity while the last is on its way (that
+/// costs a relay the Reed–Solomon tables); one that never comes is rebuilt
+/// from the index's parity when the bundle stalls.
+#[test]
+fn the_index_is_read_once_held_and_rebuilt_from_parity_only_when_stalled() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = seal(tmp.path(), "b", 30_000, 1, 100);
+    let folder = BundleFolder::new(&s.folder);
+    let (d, descriptor_bytes) = folder.read_descriptor().expect("descriptor");
+    let index_layout = d.index_layout().expect("layout");
+    assert!(
+        d.index_chunks.len() >= 2 && index_layout.parity_per_stripe() >= 1,
+        "the test needs an index that parity can rebuild: {} chunks",
+        d.index_chunks.len()
+    );
+    let chunk =
+        |id: &chapar_format::ChunkId| (*id, fs::read(folder.chunk_path(id)).expect("chunk"));
+    let first = layout_position(&index_layout);
+    let all_but_first = || {
+        d.index_chunks
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| *p != first)
+            .map(|(_, id)| chunk(id))
+    };
+    let known = |store: &Store| store.record(&s.id).expect("record").index_known;
+
+    let store = Store::open(&tmp.path().join("one")).expect("open");
+    store
+        .add_bundle(&descriptor_bytes, Role::Relaying)
+        .expect("descriptor");
+    store.put_chunks(all_but_first()).expect("index chunks");
+    assert!(
+        !known(&store),
+        "the index was read before its last chunk came"
+    );
+    store
+        .put_chunks([chunk(&d.index_chunks[first])])
+        .expect("the last index chunk");
+    assert!(known(&store), "the index was not read once whole");
+
+    let stalled = Store::open(&tmp.path().join("two")).expect("open");
+    stalled
+        .add_bundle(&descriptor_bytes, Role::Relaying)
+        .expect("descriptor");
+    stalled.put_chunks(all_but_first()).expect("index chunks");
+    assert!(!known(&stalled));
+    assert!(
+        !stalled.parity_can_complete(&s.id).expect("ask"),
+        "no payload chunk is held: parity cannot complete it"
+    );
+    assert!(known(&stalled), "a stalled bundle's index was not rebuilt");
+    let missing = stalled.missing_chunks(&s.id).expect("missing");
+    assert!(missing.contains(&d.index_chunks[first]));
+    assert!(missing.len() > 1, "the payload chunks are now wanted");
+}
+
+/// The position of the index's first data chunk.
+fn layout_position(layout: &chapar_format::Layout) -> usize {
+    layout.position(chapar_format::Slot::Data(0))
+}

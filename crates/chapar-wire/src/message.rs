@@ -144,24 +144,31 @@ const CHUNK_DATA: u8 = 4;
 const CHUNK_MISSING: u8 = 5;
 
 impl Message {
-    /// Like [`Message::decode`], taking the frame body by value: a chunk's
-    /// bytes stay in the buffer they arrived in (shifted over the 33-byte
-    /// header) instead of being copied into a new one.
-    pub fn decode_owned(mut frame: Vec<u8>) -> Result<Self, WireError> {
-        if frame.first() != Some(&CHUNK_DATA) || frame.len() < 1 + 32 {
-            return Self::decode(&frame);
+    /// How many leading bytes of a frame [`Message::decode_split`] wants
+    /// apart: the kind, and for chunk data the chunk's id.
+    pub const SPLIT_HEAD: usize = 1 + 32;
+
+    /// Decodes a frame read in two parts: its first bytes (at most
+    /// [`Message::SPLIT_HEAD`]) and the rest. Chunk data keeps `rest` as
+    /// the chunk's bytes, neither moved nor copied (a chunk is most of
+    /// what crosses). Anything else is decoded as [`Message::decode`]
+    /// would the whole.
+    pub fn decode_split(head: &[u8], rest: Vec<u8>) -> Result<Self, WireError> {
+        if head.len() == Self::SPLIT_HEAD && head[0] == CHUNK_DATA {
+            if rest.is_empty() || rest.len() > MAX_CHUNK_SIZE as usize {
+                return Err(WireError::Malformed("chunk size out of bounds"));
+            }
+            let mut id = [0u8; 32];
+            id.copy_from_slice(&head[1..]);
+            return Ok(Message::ChunkData {
+                id: ChunkId(id),
+                bytes: rest,
+            });
         }
-        let mut id = [0u8; 32];
-        id.copy_from_slice(&frame[1..33]);
-        let size = frame.len() - 33;
-        if size == 0 || size > MAX_CHUNK_SIZE as usize {
-            return Err(WireError::Malformed("chunk size out of bounds"));
-        }
-        frame.drain(..33);
-        Ok(Message::ChunkData {
-            id: ChunkId(id),
-            bytes: frame,
-        })
+        let mut frame = Vec::with_capacity(head.len() + rest.len());
+        frame.extend_from_slice(head);
+        frame.extend_from_slice(&rest);
+        Self::decode(&frame)
     }
 
     /// The frame header and fixed fields of a chunk of `size` bytes; the
@@ -375,27 +382,24 @@ mod tests {
     }
 
     #[test]
-    fn owned_decoding_and_the_split_chunk_header_match_the_plain_forms() {
+    fn split_decoding_and_the_split_chunk_header_match_the_plain_forms() {
+        let split = |body: &[u8]| {
+            let lead = body.len().min(Message::SPLIT_HEAD);
+            Message::decode_split(&body[..lead], body[lead..].to_vec())
+        };
         let m = Message::ChunkData {
             id: ChunkId([7; 32]),
             bytes: vec![1, 2, 3, 4],
         };
         let frame = m.encode();
-        assert_eq!(
-            Message::decode_owned(frame[4..].to_vec()).expect("decodes"),
-            m
-        );
+        assert_eq!(split(&frame[4..]).expect("decodes"), m);
         let header = Message::chunk_data_header(&ChunkId([7; 32]), 4);
         assert_eq!(&frame[..37], &header[..]);
-        assert!(
-            Message::decode_owned(vec![CHUNK_DATA; 33]).is_err(),
-            "empty chunk"
-        );
+        assert!(split(&[CHUNK_DATA; 33]).is_err(), "empty chunk");
         let request = Message::ChunkMissing(ChunkId([1; 32]));
-        assert_eq!(
-            Message::decode_owned(request.encode()[4..].to_vec()).expect("decodes"),
-            request
-        );
+        assert_eq!(split(&request.encode()[4..]).expect("decodes"), request);
+        let truncated = [CHUNK_DATA, 1, 2];
+        assert!(split(&truncated).is_err() && Message::decode(&truncated).is_err());
     }
 
     #[test]
