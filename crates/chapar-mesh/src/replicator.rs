@@ -178,8 +178,8 @@ impl Books {
     }
 
     /// Frees what a batch reserved; returns the bundle of each of its
-    /// chunks.
-    /// A chunk asked again of another peer stays reserved for that one.
+    /// chunks. A chunk asked again of another peer since stays reserved
+    /// for that one.
     fn release(&mut self, peer: PeerId, batch: &Batch) -> Vec<(ChunkId, BundleId)> {
         self.release_bytes(peer, batch.bytes);
         let mut bundles = Vec::with_capacity(batch.ids.len());
@@ -549,19 +549,21 @@ impl Replicator {
     /// of others, and it is benched for [`BENCHED_FOR`] (asked only for
     /// bundles no one else holds whole), so that new requests do not wait
     /// on it in turn.
+    ///
     /// Only whole holders count: a partial one may lack the very chunks,
     /// and then the silent peer's link was the only way. Bytes of the
     /// dropped stream still crossing that link are lost, but the chunks
     /// were coming the other way anyway.
     fn abandon_silent(&self, books: &mut Books) {
         let now = std::time::Instant::now();
-        let silent: HashSet<PeerId> = books
+        let silent: Vec<PeerId> = books
             .sessions
             .iter()
             .filter(|(_, s)| s.silent_for(now) >= SILENT_AFTER)
             .map(|(p, _)| *p)
-            .chain(books.benched.keys().copied())
             .collect();
+        // Neither a silent peer nor one benched earlier is a way round.
+        let unsure: HashSet<PeerId> = silent.iter().chain(books.benched.keys()).copied().collect();
         for peer in &silent {
             let asked: Vec<(ChunkId, BundleId)> = books
                 .in_flight
@@ -571,7 +573,7 @@ impl Replicator {
                 .collect();
             let elsewhere = |(c, b): &(ChunkId, BundleId)| {
                 books.peers.keys().any(|q| {
-                    !silent.contains(q)
+                    !unsure.contains(q)
                         && books.holds_whole(q, b)
                         && !books.declined.contains_key(&(*q, *c))
                 })
