@@ -8,7 +8,7 @@ mod common;
 use chapar_bundle::open_folder;
 use chapar_format::BundleId;
 use chapar_mesh::{start, NodeHandle};
-use chapar_store::{export_folder, import_folder, Role, Store, StoreHandle};
+use chapar_store::{export_folder, Role, Store, StoreHandle};
 use libp2p::Multiaddr;
 
 struct TestNode {
@@ -20,14 +20,7 @@ struct TestNode {
 impl TestNode {
     async fn start(peers: Vec<Multiaddr>, preload: Option<&Path>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("data")).expect("store");
-        if let Some(bundle) = preload {
-            import_folder(&store, bundle, Role::Relaying, |_| {}).expect("import");
-        }
-        let store = StoreHandle::new(store);
-        let mut config = common::isolated_config(peers);
-        config.sync_interval = Duration::from_millis(500);
-        let handle = start(config, store.clone()).await.expect("node starts");
+        let (handle, store) = common::relay_in(dir.path(), preload, peers).await;
         Self {
             handle,
             store,

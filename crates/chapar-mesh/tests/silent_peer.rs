@@ -9,24 +9,7 @@ mod common;
 
 use chapar_bundle::open_folder;
 use chapar_link::{Link, Shape};
-use chapar_mesh::{start, NodeHandle};
-use chapar_store::{export_folder, import_folder, Role, Store, StoreHandle};
-
-async fn node(
-    dir: &std::path::Path,
-    bundle: Option<&std::path::Path>,
-    peers: Vec<libp2p::Multiaddr>,
-) -> (NodeHandle, StoreHandle) {
-    let store = Store::open(&dir.join("data")).expect("store");
-    if let Some(bundle) = bundle {
-        import_folder(&store, bundle, Role::Relaying, |_| {}).expect("import");
-    }
-    let store = StoreHandle::new(store);
-    let mut config = common::isolated_config(peers);
-    config.sync_interval = Duration::from_millis(500);
-    let handle = start(config, store.clone()).await.expect("node starts");
-    (handle, store)
-}
+use chapar_store::export_folder;
 
 /// B asks A for chunks over a slow link, which then stalls; C, holding the
 /// whole bundle, arrives. B must not wait for A's link (or for a ping to
@@ -44,8 +27,8 @@ async fn chunks_asked_of_a_peer_whose_link_stalled_come_from_another_holder() {
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
 
-    let (a, _) = node(dirs[0].path(), Some(&folder), vec![]).await;
-    let (c, _) = node(dirs[2].path(), Some(&folder), vec![]).await;
+    let (a, _) = common::relay_in(dirs[0].path(), Some(&folder), vec![]).await;
+    let (c, _) = common::relay_in(dirs[2].path(), Some(&folder), vec![]).await;
     // 64 KiB/s: B's first batch from A (512 KiB) would take 8 s.
     let shape = Shape {
         rate_bytes_per_sec: Some(64 * 1024),
@@ -56,7 +39,7 @@ async fn chunks_asked_of_a_peer_whose_link_stalled_come_from_another_holder() {
         .await
         .expect("link");
     let via_link = common::tcp_multiaddr(link.local_addr(), a.peer_id());
-    let (b, b_store) = node(dirs[1].path(), None, vec![via_link]).await;
+    let (b, b_store) = common::relay_in(dirs[1].path(), None, vec![via_link]).await;
 
     common::eventually("A never began serving B", Duration::from_secs(30), || {
         let served = a.stats().chunks_served.get();

@@ -184,3 +184,24 @@ pub fn isolated_config(peers: Vec<libp2p::Multiaddr>) -> chapar_mesh::NodeConfig
     config.use_peer_book = false;
     config
 }
+
+/// A relay on a fresh store under `dir`, holding `bundle` (imported
+/// before it starts) if given, dialing `peers`, syncing every 500 ms.
+pub async fn relay_in(
+    dir: &Path,
+    bundle: Option<&Path>,
+    peers: Vec<libp2p::Multiaddr>,
+) -> (chapar_mesh::NodeHandle, StoreHandle) {
+    let store = chapar_store::Store::open(&dir.join("data")).expect("store");
+    if let Some(bundle) = bundle {
+        chapar_store::import_folder(&store, bundle, chapar_store::Role::Relaying, |_| {})
+            .expect("import");
+    }
+    let store = StoreHandle::new(store);
+    let mut config = isolated_config(peers);
+    config.sync_interval = Duration::from_millis(500);
+    let handle = chapar_mesh::start(config, store.clone())
+        .await
+        .expect("node starts");
+    (handle, store)
+}
