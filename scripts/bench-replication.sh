@@ -38,9 +38,12 @@ recipient=$("$chapar" keygen -o "$work/key.txt" 2>/dev/null)
 mkdir "$work/in"
 head -c "$((mib * 1048576))" /dev/urandom >"$work/in/evidence.bin"
 "$chapar" seal -r "$recipient" -o "$work/bundle" "$work/in" >/dev/null 2>&1
-rm -rf "$work/in"
 "$chapar" import --data-dir "$work/A" --role relaying "$work/bundle" >/dev/null 2>&1
-rm -rf "$work/bundle"
+# Nothing is deleted until the end: on ext4 without a journal (these
+# machines), each new inode is checked against every inode deleted in the
+# last one to five minutes, so deleting a bundle's worth of files just
+# before a run made B's file creations several times dearer, and the
+# figure depended on what the script had removed. Each run gets a fresh B.
 bytes=$(chunk_bytes "$work/A/chunks")
 
 extra=()
@@ -62,13 +65,16 @@ addr_a=$(wait_for "$work/A.log" 'listening.*/p2p/' 30 | grep -o '/ip4/[^ ]*/p2p/
 pids+=($!)
 addr_s=$(wait_for "$work/serve.out" '^listening' 30 | awk '{print $2}')
 
-# One replication into a fresh relay B; prints "seconds-from-start
+# One replication (number $1) into a fresh relay B; prints "seconds-from-start
 # seconds-from-connect peak-RSS-of-B".
 replicate() {
   local start end connected done_line rss pid_b
-  rm -rf "$work/B"
+  local b="$work/B$1"
+  # The store flushes with syncfs, which writes out the whole filesystem's
+  # dirty pages: without this, a run would also pay for the last run's.
+  sync
   start=$(date +%s.%N)
-  "$relay" --data-dir "$work/B" --listen /ip4/127.0.0.1/tcp/0 --peer "$addr_a" "${extra[@]}" 2>"$work/B.log" &
+  "$relay" --data-dir "$b" --listen /ip4/127.0.0.1/tcp/0 --peer "$addr_a" "${extra[@]}" 2>"$work/B.log" &
   pid_b=$!
   done_line=$(wait_for "$work/B.log" 'bundle complete' 600)
   end=$(stamp "$done_line")
@@ -77,9 +83,9 @@ replicate() {
   cpu=$(cpu_secs "$pid_b")
   kill "$pid_b"
   wait "$pid_b" 2>/dev/null || true
-  "$chapar" --json status --data-dir "$work/B" | grep '"complete":true' >/dev/null ||
+  "$chapar" --json status --data-dir "$b" | grep '"complete":true' >/dev/null ||
     { echo "relay B does not hold the whole bundle" >&2; exit 1; }
-  got=$(chunk_bytes "$work/B/chunks")
+  got=$(chunk_bytes "$b/chunks")
   [ "$got" -eq "$bytes" ] || { echo "relay B holds $got bytes of chunks, A $bytes" >&2; exit 1; }
   [ -n "${KEEP_LOGS:-}" ] && cp "$work/B.log" "$KEEP_LOGS"/
   echo "$start $end $connected $rss $cpu" | awk '{print $2-$1, $2-$3, $4, $5}'
@@ -89,8 +95,8 @@ replicate() {
 runs=${RUNS:-3}
 secs=() xfers=() raws=() cpus=() rss_b=0
 cpu_a0=$(cpu_secs "$pid_a")
-for _ in $(seq "$runs"); do
-  read -r s x r c < <(replicate)
+for run in $(seq "$runs"); do
+  read -r s x r c < <(replicate "$run")
   secs+=("$s") xfers+=("$x") cpus+=("$c")
   rss_b=$(echo "$rss_b $r" | awk '{print ($2 > $1) ? $2 : $1}')
   raws+=("$("$baseline" send "$addr_s" "$bytes" | awk '{print $7}')")

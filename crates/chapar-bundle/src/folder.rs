@@ -152,15 +152,26 @@ impl ChunkSink for FolderSink {
 /// Reads a chunk file, at most `max_len + 1` bytes (so an overlong file
 /// shows as corrupt without being read whole); `None` if it is absent.
 pub fn read_chunk_file(path: &Path, max_len: usize) -> io::Result<Option<Vec<u8>>> {
+    read_chunk_file_into(path, max_len, Vec::new())
+}
+
+/// [`read_chunk_file`] into `buffer` (emptied first), so a caller that
+/// reads many chunks can reuse one allocation.
+pub fn read_chunk_file_into(
+    path: &Path,
+    max_len: usize,
+    mut buffer: Vec<u8>,
+) -> io::Result<Option<Vec<u8>>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     let size = file.metadata().map_or(0, |m| m.len());
-    let mut bytes = Vec::with_capacity(size.min(max_len as u64 + 1) as usize);
-    file.take(max_len as u64 + 1).read_to_end(&mut bytes)?;
-    Ok(Some(bytes))
+    buffer.clear();
+    buffer.reserve_exact(size.min(max_len as u64 + 1) as usize);
+    file.take(max_len as u64 + 1).read_to_end(&mut buffer)?;
+    Ok(Some(buffer))
 }
 
 impl ChunkSource for BundleFolder {

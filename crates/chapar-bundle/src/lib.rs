@@ -25,7 +25,8 @@ mod seal;
 
 pub use error::BundleError;
 pub use folder::{
-    read_chunk_file, write_bundle_folder, BundleFolder, FolderSink, CHUNKS_DIR, DESCRIPTOR_FILE,
+    read_chunk_file, read_chunk_file_into, write_bundle_folder, BundleFolder, FolderSink,
+    CHUNKS_DIR, DESCRIPTOR_FILE,
 };
 pub use open::{
     ciphertext_reader, find_header, open_folder, open_from_source, reassemble_to_file,

@@ -36,14 +36,14 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use chapar_format::ChunkId;
-use chapar_store::StoreHandle;
+use chapar_store::{ChunkBuffers, StoreHandle};
 use chapar_wire::{Message, CHUNK_PROTOCOL};
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::framing::{read_message, write_message, FrameError};
+use crate::framing::{read_message_into, write_message, FrameError};
 use crate::protocols::{failed_link, PeerFault, IDLE};
 
 /// A session with nothing to ask for this long closes its stream (the
@@ -240,6 +240,7 @@ async fn run(
         }
     };
     let (arrivals, arrived) = mpsc::channel(QUEUED_BATCHES);
+    let buffers = store.buffers().clone();
     let committer = tokio::spawn(commit_all(store, peer, arrived, reports.clone()));
     let (reading, mut writing) = stream.split();
     listening.set(None);
@@ -252,7 +253,7 @@ async fn run(
     let outcome = futures::future::try_join(
         request_all(&mut writing, &mut batches, asked_tx),
         read_all(
-            &mut reading,
+            (&mut reading, &buffers),
             &mut asked,
             &arrivals,
             &backlog,
@@ -317,7 +318,7 @@ async fn request_all(
 
 /// Reads the answers to each batch asked, in order, and passes them on.
 async fn read_all(
-    reading: &mut Watched<ReadHalf<Stream>>,
+    (reading, buffers): (&mut Watched<ReadHalf<Stream>>, &ChunkBuffers),
     asked: &mut mpsc::Receiver<Batch>,
     arrivals: &mpsc::Sender<Arrived>,
     backlog: &Arc<Semaphore>,
@@ -325,7 +326,7 @@ async fn read_all(
 ) -> Result<(), PeerFault> {
     while let Some(batch) = asked.recv().await {
         reading.listening.set(Some(Instant::now()));
-        let mut arrived = read_batch(reading, batch).await;
+        let mut arrived = read_batch(reading, buffers, batch).await;
         reading.listening.set(None);
         let weight: usize = arrived.chunks.iter().map(|(_, b)| b.len()).sum();
         let places = u32::try_from(weight)
@@ -356,7 +357,11 @@ async fn read_all(
 /// Reads the answers to one batch. A peer whose answers would weigh more
 /// than the bytes reserved for them is cut off as it does, before the
 /// bytes are held (they are checked only when stored).
-async fn read_batch(reading: &mut Watched<ReadHalf<Stream>>, batch: Batch) -> Arrived {
+async fn read_batch(
+    reading: &mut Watched<ReadHalf<Stream>>,
+    buffers: &ChunkBuffers,
+    batch: Batch,
+) -> Arrived {
     let mut chunks = Vec::with_capacity(batch.ids.len());
     let mut missing = Vec::new();
     let mut fault = None;
@@ -364,7 +369,7 @@ async fn read_batch(reading: &mut Watched<ReadHalf<Stream>>, batch: Batch) -> Ar
     for expected in &batch.ids {
         let room = usize::try_from(batch.bytes.saturating_sub(weight)).unwrap_or(usize::MAX);
         let max = (1 + 32 + room).min(Message::MAX_CHUNK_FRAME);
-        match read_message(reading, max, IDLE).await {
+        match read_message_into(reading, max, IDLE, buffers.take()).await {
             Ok(Some(Message::ChunkData { id, bytes })) if id == *expected => {
                 weight += bytes.len() as u64;
                 chunks.push((id, bytes));

@@ -26,6 +26,17 @@ pub async fn read_message<S: AsyncRead + Unpin>(
     max: usize,
     idle: Duration,
 ) -> Result<Option<Message>, FrameError> {
+    read_message_into(stream, max, idle, Vec::new()).await
+}
+
+/// [`read_message`], with the frame's body (a chunk's bytes) read into
+/// `buffer` (emptied first), so chunk buffers can be reused.
+pub async fn read_message_into<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+    idle: Duration,
+    buffer: Vec<u8>,
+) -> Result<Option<Message>, FrameError> {
     let mut header = [0u8; FRAME_HEADER];
     let mut got = 0;
     while got < FRAME_HEADER {
@@ -41,7 +52,7 @@ pub async fn read_message<S: AsyncRead + Unpin>(
     let mut head = [0u8; Message::SPLIT_HEAD];
     let lead = len.min(Message::SPLIT_HEAD);
     read_exactly(stream, &mut head[..lead], idle).await?;
-    let rest = read_body(stream, len - lead, idle).await?;
+    let rest = read_body(stream, len - lead, idle, buffer).await?;
     Ok(Some(Message::decode_split(&head[..lead], rest)?))
 }
 
@@ -66,15 +77,17 @@ async fn read_body<S: AsyncRead + Unpin>(
     stream: &mut S,
     len: usize,
     idle: Duration,
+    mut body: Vec<u8>,
 ) -> Result<Vec<u8>, FrameError> {
-    let mut body: Vec<u8> = Vec::new();
+    // The whole length is reserved at once: capacity never touched costs
+    // no memory, and a buffer that never moves is never copied.
+    body.clear();
+    body.reserve_exact(len);
     let mut filled = 0;
     while filled < len {
         if filled == body.len() {
-            // Doubling, so each byte is zeroed once; exact, so a 1 MiB
-            // chunk does not sit in 2 MiB of capacity.
+            // Zeroed in steps, as the bytes arrive.
             let grow = body.len().max(64 * 1024).min(len - filled);
-            body.reserve_exact(grow);
             body.resize(filled + grow, 0);
         }
         match patiently(idle, stream.read(&mut body[filled..])).await {

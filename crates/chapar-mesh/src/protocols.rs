@@ -242,7 +242,7 @@ pub(crate) async fn serve_chunks(
                 None => None,
             };
             ahead = ids.get(i + 1).map(|next| load(*next));
-            if let Some(bytes) = answer(&mut stream, (peer, *id), held, seeder).await? {
+            if let Some(bytes) = answer(&mut stream, (peer, *id), held, (seeder, store)).await? {
                 // Counted as each goes: a stream may stay open a while.
                 stats.chunks_served.inc();
                 stats.bytes_served.inc_by(bytes as u64);
@@ -261,7 +261,7 @@ async fn answer(
     writing: &mut Stream,
     (peer, id): (PeerId, ChunkId),
     held: Option<Vec<u8>>,
-    seeder: &std::sync::Mutex<crate::seed::Seeder>,
+    (seeder, store): (&std::sync::Mutex<crate::seed::Seeder>, &StoreHandle),
 ) -> Result<Option<usize>, PeerFault> {
     // Only a chunk held here counts as sent: asking the seeder first
     // would mark as gone a chunk this node does not have yet.
@@ -280,6 +280,9 @@ async fn answer(
     write_message(writing, &reply)
         .await
         .map_err(FrameError::from)?;
+    if let Message::ChunkData { bytes, .. } = reply {
+        store.buffers().give(bytes);
+    }
     if allowed {
         if let Ok(mut s) = seeder.lock() {
             s.finished(&id, &peer, std::time::Instant::now());

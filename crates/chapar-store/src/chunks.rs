@@ -18,8 +18,12 @@ use chapar_format::ChunkId;
 
 /// A chunk written but not yet durable and visible.
 pub(crate) enum Staged {
-    /// A temporary file and where it goes.
-    File { tmp: PathBuf, id: ChunkId },
+    /// A temporary file (still open) and where it goes.
+    File {
+        tmp: PathBuf,
+        id: ChunkId,
+        file: File,
+    },
     /// Bytes for the in-memory store.
     Memory { id: ChunkId, bytes: Vec<u8> },
 }
@@ -32,8 +36,9 @@ pub(crate) trait ChunkFiles: Send + Sync {
     fn publish(&self, staged: Vec<Staged>) -> io::Result<()>;
     /// Throws staged chunks away (the batch failed).
     fn discard(&self, staged: Vec<Staged>);
-    /// Reads up to `max_len + 1` bytes of a chunk (unverified), `None` if absent.
-    fn read(&self, id: &ChunkId, max_len: usize) -> io::Result<Option<Vec<u8>>>;
+    /// Reads up to `max_len + 1` bytes of a chunk (unverified) into
+    /// `buffer`, `None` if absent.
+    fn read(&self, id: &ChunkId, max_len: usize, buffer: Vec<u8>) -> io::Result<Option<Vec<u8>>>;
     /// Deletes a chunk (absent is fine).
     fn remove(&self, id: &ChunkId) -> io::Result<()>;
     /// Moves a damaged chunk aside for inspection.
@@ -89,7 +94,11 @@ impl ChunkFiles for FsChunks {
         f.write_all(bytes)?;
         // Start writeback now; `publish` waits for it once for the batch.
         let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
-        Ok(Staged::File { tmp, id: *id })
+        Ok(Staged::File {
+            tmp,
+            id: *id,
+            file: f,
+        })
     }
 
     fn publish(&self, staged: Vec<Staged>) -> io::Result<()> {
@@ -101,7 +110,16 @@ impl ChunkFiles for FsChunks {
         rustix::fs::syncfs(&self.fs_handle)?;
         // 2. Rename into place, creating shard folders as needed.
         for s in staged {
-            if let Staged::File { tmp, id } = s {
+            if let Staged::File { tmp, id, file } = s {
+                // Its bytes are durable now, so this drops them from the
+                // page cache: a relay writes gigabytes it will read back
+                // rarely, and should not push its host's own files out of
+                // memory for them. Pages freed here are what the next
+                // chunks are written into. (On these VMs, page cache taken
+                // from memory never touched before cost 2.7 s of system
+                // time per GiB written, against 0.2 s reused: without this
+                // a 256 MiB replication took 1.3-1.4 s, with it 0.8 s.)
+                let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
                 let dest = self.path(&id);
                 if let Some(shard) = dest.parent() {
                     if !shard.exists() {
@@ -124,8 +142,8 @@ impl ChunkFiles for FsChunks {
         }
     }
 
-    fn read(&self, id: &ChunkId, max_len: usize) -> io::Result<Option<Vec<u8>>> {
-        chapar_bundle::read_chunk_file(&self.path(id), max_len)
+    fn read(&self, id: &ChunkId, max_len: usize, buffer: Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+        chapar_bundle::read_chunk_file_into(&self.path(id), max_len, buffer)
     }
 
     fn remove(&self, id: &ChunkId) -> io::Result<()> {
@@ -208,7 +226,7 @@ impl ChunkFiles for MemChunks {
 
     fn discard(&self, _staged: Vec<Staged>) {}
 
-    fn read(&self, id: &ChunkId, _max_len: usize) -> io::Result<Option<Vec<u8>>> {
+    fn read(&self, id: &ChunkId, _max_len: usize, _buffer: Vec<u8>) -> io::Result<Option<Vec<u8>>> {
         Ok(self.map().get(id).cloned())
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chapar_format::{AckSecret, BundleId, ChunkId};
 use tokio::sync::Semaphore;
 
+use crate::buffers::ChunkBuffers;
 use crate::error::StoreError;
 use crate::maintenance::ReceiptOutcome;
 use crate::record::{BundleRecord, Role};
@@ -20,6 +21,7 @@ const MAX_IN_FLIGHT: usize = 16;
 pub struct StoreHandle {
     store: Arc<Store>,
     permits: Arc<Semaphore>,
+    buffers: ChunkBuffers,
 }
 
 impl StoreHandle {
@@ -28,7 +30,14 @@ impl StoreHandle {
         Self {
             store: Arc::new(store),
             permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            buffers: ChunkBuffers::default(),
         }
+    }
+
+    /// The chunk buffers this handle reads into and takes back once a
+    /// chunk is stored; callers that move chunks share them too.
+    pub fn buffers(&self) -> &ChunkBuffers {
+        &self.buffers
     }
 
     /// The store itself, for synchronous code.
@@ -62,17 +71,27 @@ impl StoreHandle {
         self.call(move |s| s.add_bundle(&descriptor, role)).await
     }
 
-    /// See [`Store::put_chunks`].
+    /// See [`Store::put_chunks`]; the chunks' buffers then go to
+    /// [`StoreHandle::buffers`].
     pub async fn put_chunks(
         &self,
         chunks: Vec<(ChunkId, Vec<u8>)>,
     ) -> Result<PutReport, StoreError> {
-        self.call(move |s| s.put_chunks(chunks)).await
+        let buffers = self.buffers.clone();
+        self.call(move |s| {
+            let put = s.put_chunks(chunks.iter().map(|(id, bytes)| (*id, bytes)));
+            for (_, bytes) in chunks {
+                buffers.give(bytes);
+            }
+            put
+        })
+        .await
     }
 
-    /// See [`Store::get_chunk`].
+    /// See [`Store::get_chunk`]; read into one of [`StoreHandle::buffers`].
     pub async fn get_chunk(&self, id: ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.call(move |s| s.get_chunk(&id)).await
+        let buffer = self.buffers.take();
+        self.call(move |s| s.get_chunk_into(&id, buffer)).await
     }
 
     /// See [`Store::missing_chunks`].

@@ -27,6 +27,7 @@
 //! [`Store`] is synchronous; [`StoreHandle`] runs it from async code.
 #![forbid(unsafe_code)]
 
+mod buffers;
 mod chunks;
 mod error;
 mod handle;
@@ -39,6 +40,7 @@ mod store;
 mod tables;
 mod transfer;
 
+pub use buffers::ChunkBuffers;
 pub use error::StoreError;
 pub use handle::StoreHandle;
 pub use maintenance::{FsckReport, GcReport, ReceiptOutcome};

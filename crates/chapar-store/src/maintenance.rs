@@ -169,16 +169,22 @@ impl Store {
                 .map(|e| e.map(|(k, v)| (ChunkId(*k.value()), v.value())))
                 .collect::<Result<_, _>>()?
         };
+        // One buffer for every chunk checked.
+        let mut buffer = Vec::new();
         for (id, len) in &acknowledged {
             report.checked += 1;
             let bytes = self
                 .files()
-                .read(id, *len as usize)
+                .read(id, *len as usize, std::mem::take(&mut buffer))
                 .map_err(StoreError::io(self.chunk_label(id)))?;
             match bytes {
                 None => report.missing.push(*id),
-                Some(b) if b.len() == *len as usize && id.matches(&b) => {}
-                Some(_) => report.corrupt.push(*id),
+                Some(b) => {
+                    if b.len() != *len as usize || !id.matches(&b) {
+                        report.corrupt.push(*id);
+                    }
+                    buffer = b;
+                }
             }
         }
         let on_disk = self.files().list().map_err(StoreError::io(
@@ -208,7 +214,7 @@ impl Store {
             for id in report.orphans.clone() {
                 let bytes = self
                     .files()
-                    .read(&id, chapar_format::MAX_CHUNK_SIZE as usize)
+                    .read(&id, chapar_format::MAX_CHUNK_SIZE as usize, Vec::new())
                     .map_err(StoreError::io(self.chunk_label(&id)))?;
                 let adopted = match bytes {
                     Some(b) if id.matches(&b) => !self.put_chunks([(id, &b)])?.stored.is_empty(),

@@ -403,6 +403,15 @@ impl Store {
     /// Reads a stored chunk and verifies it. A chunk that fails
     /// verification is quarantined, marked missing and never served.
     pub fn get_chunk(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_chunk_into(id, Vec::new())
+    }
+
+    /// [`Store::get_chunk`] into `buffer` (emptied first), to reuse it.
+    pub fn get_chunk_into(
+        &self,
+        id: &ChunkId,
+        buffer: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let len = {
             let r = self.db.begin_read()?;
             let len = r.open_table(CHUNKS)?.get(&id.0)?.map(|v| v.value());
@@ -413,7 +422,7 @@ impl Store {
         };
         let bytes = self
             .files
-            .read(id, len)
+            .read(id, len, buffer)
             .map_err(StoreError::io(self.chunk_label(id)))?;
         match bytes {
             Some(b) if b.len() == len && id.matches(&b) => Ok(Some(b)),
