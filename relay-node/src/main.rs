@@ -72,7 +72,8 @@ fn run(args: RunArgs) -> Result<()> {
     let settings = settings(&args)?;
     let dir = settings.data_dir.clone();
     let key = load_or_create_node_key(&dir).with_context(|| format!("{}", dir.display()))?;
-    let store = Store::open(&dir)?;
+    let mut store = Store::open(&dir)?;
+    store.drop_chunks_once_durable();
     if let Some(q) = settings.quota {
         store.set_quota(Some(q))?;
     }

@@ -11,7 +11,7 @@ use chapar_format::{
 };
 use sha2::Digest;
 
-use crate::durable::BackgroundSync;
+use crate::durable::{BackgroundSync, WriteBehind};
 use crate::error::BundleError;
 use crate::folder::{BundleFolder, StagingDir};
 use crate::manifest::{
@@ -396,6 +396,7 @@ fn extract_file<R: Read>(
     let mut sha256 = sha2::Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
+    let mut write_behind = WriteBehind::default();
     loop {
         let n = entry.read(&mut buf).map_err(classify)?;
         if n == 0 {
@@ -405,6 +406,7 @@ fn extract_file<R: Read>(
         sha256.update(&buf[..n]);
         file.write_all(&buf[..n]).map_err(BundleError::io(target))?;
         size += n as u64;
+        write_behind.wrote(&file, size);
     }
     if let Some(secs) = mtime {
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);

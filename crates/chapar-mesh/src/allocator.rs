@@ -14,12 +14,14 @@
 /// when it is filled: some system time, measured in docs/BENCHMARKS.md),
 /// which is why chunk buffers are reused (`chapar_store::ChunkBuffers`).
 ///
-/// It also keeps up to 4 MiB free at the top of each heap
-/// rather than giving it back at once (glibc's default is 128 KiB). The
-/// transport's small buffers (Noise and Yamux frames, 64 KiB and less)
-/// come and go at the top of the heap many times a second; a relay
-/// receiving 320 MiB took about 65 000 page faults re-mapping them, five
-/// times what it took with this.
+/// It also keeps up to 2 MiB free at the top of each heap rather than
+/// giving it back at once (glibc's default is 128 KiB). The transport's
+/// small buffers (Noise and Yamux frames, 64 KiB and less) come and go at
+/// the top of the heap many times a second; a relay receiving 320 MiB
+/// took about 65 000 page faults re-mapping them, against 4 000–6 000
+/// with this (18 000 in all, start-up included). Heaps are limited to two,
+/// so what they keep stays bounded: with 4 MiB and no limit, peak RSS in
+/// `scripts/bench-send.sh 1024` reached 47.5–50.4 MiB; with this, 44.0.
 #[allow(unsafe_code)]
 pub fn keep_large_buffers_out_of_the_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -28,12 +30,19 @@ pub fn keep_large_buffers_out_of_the_heap() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
     }
 }
 
+/// Heaps at most (glibc's default is 8 per core): each keeps up to
+/// `TRIM_THRESHOLD` free, and a node runs many short-lived blocking
+/// threads (store calls), each of which would otherwise get its own.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const ARENAS: libc::c_int = 2;
+
 /// Free memory kept at the top of a heap before it is given back.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const TRIM_THRESHOLD: libc::c_int = 4 * 1024 * 1024;
+const TRIM_THRESHOLD: libc::c_int = 2 * 1024 * 1024;
 
 /// Blocks from this size up are mapped on their own.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -155,6 +155,18 @@ impl Store {
         Ok(store)
     }
 
+    /// Drops each chunk from the page cache once it is durable, for a
+    /// relay: it writes gigabytes it reads back rarely (and then from
+    /// disk), and should not push its host's own files out of memory for
+    /// them. The pages freed are where the next chunks are written, which
+    /// also spares memory never touched before: on these VMs that cost 2.7
+    /// s of system time per GiB written, against 0.2 s reused, and a 256
+    /// MiB replication took 1.3-1.4 s instead of 0.8 s. A node that opens
+    /// or serves what it has just stored (a recipient, a sender) keeps it.
+    pub fn drop_chunks_once_durable(&mut self) {
+        self.files.drop_once_durable();
+    }
+
     /// Replaces the clock (unix seconds) used for expiry and eviction
     /// decisions, so tests and simulations can move time.
     pub fn set_clock(&mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) {
