@@ -401,7 +401,7 @@ fn a_second_process_cannot_open_the_same_data_directory() {
 }
 
 #[test]
-fn the_async_handle_stores_and_serves_without_blocking_the_runtime() {
+fn the_async_handle_stores_serves_and_reuses_chunk_buffers() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let s = seal(tmp.path(), "b", 5000, 1, 100);
     let folder = BundleFolder::new(&s.folder);
@@ -433,31 +433,7 @@ fn the_async_handle_stores_and_serves_without_blocking_the_runtime() {
             .expect("get")
             .expect("present");
         assert!(d.index_chunks[0].matches(&got));
-    });
-}
 
-#[test]
-fn the_async_handle_reuses_chunk_buffers_and_a_reused_one_holds_only_the_chunk_read() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let s = seal(tmp.path(), "b", 5000, 1, 100);
-    let folder = BundleFolder::new(&s.folder);
-    let (d, descriptor_bytes) = folder.read_descriptor().expect("descriptor");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let handle = StoreHandle::new(Store::open(&tmp.path().join("data")).expect("open"));
-        handle
-            .add_bundle(descriptor_bytes, Role::Relaying)
-            .await
-            .expect("add");
-        let index: Vec<_> = d
-            .index_chunks
-            .iter()
-            .map(|c| (*c, fs::read(folder.chunk_path(c)).expect("chunk")))
-            .collect();
-        handle.put_chunks(index).await.expect("put");
         // Chunk-sized buffers full of other bytes, as a relay's are after
         // a chunk is stored (these are refused: no bundle wants them).
         let stale = |fill: u8| {
@@ -471,11 +447,15 @@ fn the_async_handle_reuses_chunk_buffers_and_a_reused_one_holds_only_the_chunk_r
             .expect("put");
         assert!(put.stored.is_empty());
         assert_eq!(handle.buffers().kept(), 2, "both buffers came back");
-        let id = d.index_chunks[0];
-        let got = handle.get_chunk(id).await.expect("get").expect("present");
+        let chunk = d.index_chunks[0];
+        let got = handle
+            .get_chunk(chunk)
+            .await
+            .expect("get")
+            .expect("present");
         assert_eq!(handle.buffers().kept(), 1, "the read took one");
         assert!(got.capacity() >= 1 << 20, "read into a reused buffer");
-        assert_eq!(got, fs::read(folder.chunk_path(&id)).expect("chunk"));
+        assert_eq!(got, fs::read(folder.chunk_path(&chunk)).expect("chunk"));
     });
 }
 
