@@ -18,9 +18,12 @@ use std::sync::{Arc, Mutex};
 /// commit backlog), so this many covers its steady state.
 const KEPT: usize = 16;
 
-/// Smaller buffers come cheaply from malloc; larger ones are not chunks.
+/// Smaller buffers come cheaply from malloc. Larger ones than the default
+/// chunk size are not kept: bundles with chunks of up to 16 MiB are
+/// allowed, and keeping 16 of those (or of a hostile peer's oversized
+/// frames) would hold 256 MiB for nothing.
 const KEPT_CAPACITY: std::ops::RangeInclusive<usize> =
-    64 * 1024..=chapar_format::MAX_CHUNK_SIZE as usize + 64;
+    64 * 1024..=chapar_format::DEFAULT_CHUNK_SIZE as usize + 64;
 
 /// A pool of chunk-sized buffers, shared by every clone.
 #[derive(Debug, Clone, Default)]
@@ -76,10 +79,10 @@ mod tests {
     }
 
     #[test]
-    fn small_huge_and_surplus_buffers_are_not_kept() {
+    fn small_oversized_and_surplus_buffers_are_not_kept() {
         let pool = ChunkBuffers::default();
         pool.give(Vec::with_capacity(100));
-        pool.give(Vec::with_capacity(64 << 20));
+        pool.give(Vec::with_capacity(16 << 20));
         assert_eq!(pool.kept(), 0);
         for _ in 0..KEPT + 5 {
             pool.give(Vec::with_capacity(1 << 20));
