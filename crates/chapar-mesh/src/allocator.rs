@@ -19,9 +19,11 @@
 /// small buffers (Noise and Yamux frames, 64 KiB and less) come and go at
 /// the top of the heap many times a second; a relay receiving 320 MiB
 /// took about 65 000 page faults re-mapping them, against 4 000–6 000
-/// with this (18 000 in all, start-up included). Heaps are limited to two,
-/// so what they keep stays bounded: with 4 MiB and no limit, peak RSS in
-/// `scripts/bench-send.sh 1024` reached 47.5–50.4 MiB; with this, 44.0.
+/// with this (18 000 in all, start-up included). The heap is limited to
+/// one, so what it keeps stays bounded: with 4 MiB and no limit, peak RSS
+/// in `scripts/bench-send.sh 1024` reached 47.5–50.4 MiB, and with two
+/// heaps a relay passing 4 GiB reached 48.3; with this, 42.0–45.4 MiB at
+/// 1 and 4 GiB.
 #[allow(unsafe_code)]
 pub fn keep_large_buffers_out_of_the_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -36,9 +38,11 @@ pub fn keep_large_buffers_out_of_the_heap() {
 
 /// Heaps at most (glibc's default is 8 per core): each keeps up to
 /// `TRIM_THRESHOLD` free, and a node runs many short-lived blocking
-/// threads (store calls), each of which would otherwise get its own.
+/// threads (store calls), each of which would otherwise get its own. One
+/// heap for the process: on 2 cores, sharing its lock cost nothing
+/// measurable.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const ARENAS: libc::c_int = 2;
+const ARENAS: libc::c_int = 1;
 
 /// Free memory kept at the top of a heap before it is given back.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
