@@ -369,7 +369,7 @@ async fn read_batch(
     for expected in &batch.ids {
         let room = usize::try_from(batch.bytes.saturating_sub(weight)).unwrap_or(usize::MAX);
         let max = (1 + 32 + room).min(Message::MAX_CHUNK_FRAME);
-        match read_message_into(reading, max, IDLE, buffers.take()).await {
+        match read_message_into(reading, max, IDLE, Some(buffers)).await {
             Ok(Some(Message::ChunkData { id, bytes })) if id == *expected => {
                 weight += bytes.len() as u64;
                 chunks.push((id, bytes));

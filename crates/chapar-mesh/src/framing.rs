@@ -3,6 +3,7 @@
 use std::io;
 use std::time::Duration;
 
+use chapar_store::ChunkBuffers;
 use chapar_wire::{frame_length, Message, WireError, FRAME_HEADER};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -26,16 +27,17 @@ pub async fn read_message<S: AsyncRead + Unpin>(
     max: usize,
     idle: Duration,
 ) -> Result<Option<Message>, FrameError> {
-    read_message_into(stream, max, idle, Vec::new()).await
+    read_message_into(stream, max, idle, None).await
 }
 
-/// [`read_message`], with the frame's body (a chunk's bytes) read into
-/// `buffer` (emptied first), so chunk buffers can be reused.
+/// [`read_message`], with the frame's body (a chunk's bytes), if it has
+/// one, read into a buffer taken from `buffers`, so chunk buffers are
+/// reused.
 pub async fn read_message_into<S: AsyncRead + Unpin>(
     stream: &mut S,
     max: usize,
     idle: Duration,
-    buffer: Vec<u8>,
+    buffers: Option<&ChunkBuffers>,
 ) -> Result<Option<Message>, FrameError> {
     let mut header = [0u8; FRAME_HEADER];
     let mut got = 0;
@@ -52,6 +54,12 @@ pub async fn read_message_into<S: AsyncRead + Unpin>(
     let mut head = [0u8; Message::SPLIT_HEAD];
     let lead = len.min(Message::SPLIT_HEAD);
     read_exactly(stream, &mut head[..lead], idle).await?;
+    // Only a frame with a body takes a buffer: one taken for an answer
+    // without (`ChunkMissing`) would be dropped with it.
+    let buffer = match buffers {
+        Some(pool) if len > lead => pool.take(),
+        _ => Vec::new(),
+    };
     let rest = read_body(stream, len - lead, idle, buffer).await?;
     Ok(Some(Message::decode_split(&head[..lead], rest)?))
 }
