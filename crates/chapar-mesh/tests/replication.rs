@@ -143,6 +143,10 @@ async fn a_receipt_frees_the_bundle_everywhere() {
 /// data directory fetches only what it lacks, and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_restarted_mid_transfer_resumes_without_refetching() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("chapar_mesh=debug")
+        .with_test_writer()
+        .try_init();
     let tmp = tempfile::tempdir().expect("tempdir");
     let (bundle, id, _) = common::sealed_bundle(tmp.path(), 300_000);
     let a = TestNode::start(vec![], Some(&bundle)).await;
@@ -212,8 +216,9 @@ async fn a_relay_restarted_mid_transfer_resumes_without_refetching() {
     }
     // Only what was missing at the restart was fetched: nothing twice.
     let r = store.record(id).await.expect("record");
-    let fetched = b.stats().chunks_fetched.get();
-    assert_eq!(fetched, u64::from(r.known_chunks - record.held_chunks));
+    let missing = u64::from(r.known_chunks - record.held_chunks);
+    let fetched = common::settled(&b.stats().chunks_fetched, missing).await;
+    assert_eq!(fetched, missing);
 }
 
 /// Holds `chunks` of a sealed bundle folder (with its descriptor and
@@ -289,14 +294,16 @@ async fn a_relay_rebuilds_from_parity_what_no_peer_holds() {
         .await;
 
     let stats = b.handle.stats();
+    let lost_count = lost.len() as u64;
     assert_eq!(
-        stats.chunks_rebuilt.get(),
-        lost.len() as u64,
+        common::settled(&stats.chunks_rebuilt, lost_count).await,
+        lost_count,
         "exactly the chunks nobody held were rebuilt"
     );
+    let others = (d.index_chunks.len() + layout.total_chunks() - lost.len()) as u64;
     assert_eq!(
-        stats.chunks_fetched.get() as usize,
-        d.index_chunks.len() + layout.total_chunks() - lost.len(),
+        common::settled(&stats.chunks_fetched, others).await,
+        others,
         "everything else was fetched, once"
     );
     assert!(!b.store.store().fsck(false).expect("fsck").damaged());

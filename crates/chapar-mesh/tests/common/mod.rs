@@ -41,6 +41,25 @@ where
     }
 }
 
+/// A node's counter once it has reached `at_least` and then stood still
+/// for a moment. Counters move when the replicator or server hears how a
+/// batch ended, which is after the store committed it (or the peer got
+/// it), so a test that saw a bundle complete must wait for them; the
+/// pause lets a late batch (a chunk fetched twice) be counted too.
+pub async fn settled(counter: &prometheus_client::metrics::counter::Counter, at_least: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while counter.get() < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the counter stopped at {} short of {at_least}",
+            counter.get()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    counter.get()
+}
+
 /// Whether the store holds every chunk of the bundle.
 pub async fn complete(store: &StoreHandle, id: BundleId) -> bool {
     store
