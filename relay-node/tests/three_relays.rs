@@ -158,7 +158,20 @@ fn a_bundle_imported_into_one_relay_before_start_completes_on_two_others() {
         .nth(1)
         .and_then(|rest| rest.split('/').next())
         .expect("metrics address in the log line");
-    let metrics = scrape(addr);
+    // The gauges move on the relay's next look at its store, the counters
+    // as each batch is stored: give both a moment after the log line.
+    let settled = |m: &str| {
+        m.contains("chapar_bundles_complete 1")
+            && metric(m, "chapar_chunk_bytes_in_total") >= 400_000.0
+    };
+    let mut metrics = scrape(addr);
+    for _ in 0..50 {
+        if settled(&metrics) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        metrics = scrape(addr);
+    }
     assert!(metrics.contains("chapar_bundles_complete 1"), "{metrics}");
     assert!(
         metrics.contains("chapar_replication_lag_chunks 0"),

@@ -44,6 +44,7 @@ use libp2p::{PeerId, Stream};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::framing::{read_message_into, write_message, FrameError};
+use crate::metrics::NodeStats;
 use crate::protocols::{failed_link, PeerFault, IDLE};
 
 /// A session with nothing to ask for this long closes its stream (the
@@ -61,8 +62,6 @@ pub(crate) struct Batch {
 /// What a batch brought.
 #[derive(Debug, Default)]
 pub(crate) struct Fetched {
-    /// Chunks received and verified (stored or already held).
-    pub(crate) received: usize,
     pub(crate) stored: Vec<ChunkId>,
     pub(crate) missing: Vec<ChunkId>,
     pub(crate) bytes: u64,
@@ -90,6 +89,9 @@ pub(crate) struct Context {
     pub(crate) reports: mpsc::Sender<Report>,
     /// Bytes that have arrived and are not yet committed, across sessions.
     pub(crate) backlog: Arc<Semaphore>,
+    /// Counted as each group is committed, before anyone hears of it, so
+    /// that a bundle seen complete has its chunks counted.
+    pub(crate) stats: NodeStats,
 }
 
 /// Most bytes that may wait for a commit, across all sessions.
@@ -221,6 +223,7 @@ async fn run(
         mut control,
         reports,
         backlog,
+        stats,
     } = context;
     let opening = crate::replicator::open_stream(&mut control, peer, CHUNK_PROTOCOL);
     let opened = tokio::select! {
@@ -241,7 +244,7 @@ async fn run(
     };
     let (arrivals, arrived) = mpsc::channel(QUEUED_BATCHES);
     let buffers = store.buffers().clone();
-    let committer = tokio::spawn(commit_all(store, peer, arrived, reports.clone()));
+    let committer = tokio::spawn(commit_all(store, stats, peer, arrived, reports.clone()));
     let (reading, mut writing) = stream.split();
     listening.set(None);
     let mut reading = Watched {
@@ -404,6 +407,7 @@ async fn read_batch(
 /// the link.
 async fn commit_all(
     store: StoreHandle,
+    stats: NodeStats,
     peer: PeerId,
     mut arrived: mpsc::Receiver<Arrived>,
     reports: mpsc::Sender<Report>,
@@ -413,7 +417,7 @@ async fn commit_all(
         while let Ok(more) = arrived.try_recv() {
             group.push(more);
         }
-        for (batch, result) in commit(&store, group).await {
+        for (batch, result) in commit(&store, &stats, group).await {
             let _ = reports.send(Report::Done(peer, batch, result)).await;
         }
     }
@@ -424,6 +428,7 @@ async fn commit_all(
 /// a chunk that did not match is the fault of the batch it came in.
 async fn commit(
     store: &StoreHandle,
+    stats: &NodeStats,
     group: Vec<Arrived>,
 ) -> Vec<(Batch, Result<Fetched, PeerFault>)> {
     let mut chunks = Vec::new();
@@ -467,7 +472,8 @@ async fn commit(
                     lied.get_or_insert(id);
                     continue;
                 }
-                fetched.received += 1;
+                stats.chunks_fetched.inc();
+                stats.bytes_fetched.inc_by(len);
                 fetched.bytes += len;
                 if stored.contains(&id) {
                     fetched.stored.push(id);

@@ -246,6 +246,7 @@ impl Replicator {
             control: self.control.clone(),
             reports: reports_tx,
             backlog: Arc::new(tokio::sync::Semaphore::new(fetch::COMMIT_BACKLOG as usize)),
+            stats: self.stats.clone(),
         };
         let mut books = Books::default();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -780,8 +781,6 @@ impl Replicator {
                                 books.not_there.insert((peer, c));
                             }
                         }
-                        self.stats.chunks_fetched.inc_by(fetched.received as u64);
-                        self.stats.bytes_fetched.inc_by(fetched.bytes);
                         if !fetched.stored.is_empty() {
                             self.report_completions(books).await;
                         }
