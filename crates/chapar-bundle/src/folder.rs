@@ -179,6 +179,15 @@ impl ChunkSource for BundleFolder {
         read_chunk_file(&self.chunk_path(id), max_len)
     }
 
+    fn get_into(
+        &self,
+        id: &ChunkId,
+        max_len: usize,
+        buffer: Vec<u8>,
+    ) -> io::Result<Option<Vec<u8>>> {
+        read_chunk_file_into(&self.chunk_path(id), max_len, buffer)
+    }
+
     fn contains(&self, id: &ChunkId) -> io::Result<bool> {
         match fs::metadata(self.chunk_path(id)) {
             Ok(m) => Ok(m.is_file()),

@@ -120,6 +120,9 @@ impl<'scope, S: ChunkSink + Send + 'scope> Drop for ChunkingPipe<'scope, S> {
 /// so that fetching and verifying chunks overlaps with decryption.
 pub(crate) struct ReadAhead<R: Read + Send + 'static> {
     rx: Receiver<io::Result<Vec<u8>>>,
+    /// Read blocks going back to the worker, so it does not map and fault
+    /// in a fresh megabyte for each.
+    free: SyncSender<Vec<u8>>,
     current: Vec<u8>,
     offset: usize,
     worker: Option<JoinHandle<R>>,
@@ -128,10 +131,12 @@ pub(crate) struct ReadAhead<R: Read + Send + 'static> {
 impl<R: Read + Send + 'static> ReadAhead<R> {
     pub(crate) fn spawn(mut inner: R) -> io::Result<Self> {
         let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(DEPTH);
+        let (free, freed) = sync_channel::<Vec<u8>>(DEPTH + 2);
         let worker = std::thread::Builder::new()
             .name("chapar-read-ahead".into())
             .spawn(move || loop {
-                let mut block = vec![0u8; BLOCK];
+                let mut block = freed.try_recv().unwrap_or_default();
+                block.resize(BLOCK, 0);
                 let mut filled = 0;
                 let result = loop {
                     match inner.read(&mut block[filled..]) {
@@ -159,6 +164,7 @@ impl<R: Read + Send + 'static> ReadAhead<R> {
             })?;
         Ok(Self {
             rx,
+            free,
             current: Vec::new(),
             offset: 0,
             worker: Some(worker),
@@ -179,7 +185,8 @@ impl<R: Read + Send + 'static> Read for ReadAhead<R> {
         if self.offset == self.current.len() {
             match self.rx.recv() {
                 Ok(Ok(block)) => {
-                    self.current = block;
+                    let used = std::mem::replace(&mut self.current, block);
+                    let _ = self.free.try_send(used);
                     self.offset = 0;
                 }
                 Ok(Err(e)) => return Err(e),
@@ -200,6 +207,34 @@ impl<R: Read + Send + 'static> Drop for ReadAhead<R> {
         self.rx = dead;
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocks are reused once read: what comes out must still be exactly
+    /// the source, a short last block included, whatever size the reads.
+    #[test]
+    fn read_ahead_yields_the_source_exactly_while_reusing_its_blocks() {
+        let source: Vec<u8> = (0..(3 * BLOCK + 12_345) as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        for read_size in [1, 4096, BLOCK - 1, BLOCK, 2 * BLOCK + 7] {
+            let mut reader = ReadAhead::spawn(io::Cursor::new(source.clone())).expect("spawn");
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; read_size];
+            loop {
+                let n = reader.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(out.len(), source.len(), "reads of {read_size}");
+            assert!(out == source, "reads of {read_size}: bytes differ");
         }
     }
 }

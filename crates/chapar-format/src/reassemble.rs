@@ -18,6 +18,19 @@ pub trait ChunkSource {
     /// returning `Some` with more lets the caller say so).
     fn get(&self, id: &ChunkId, max_len: usize) -> io::Result<Option<Vec<u8>>>;
 
+    /// [`ChunkSource::get`] into `buffer` (its contents discarded), so a
+    /// reader can reuse one allocation for every chunk: a fresh 1 MiB
+    /// buffer is a fresh mapping, faulted in page by page as it fills.
+    fn get_into(
+        &self,
+        id: &ChunkId,
+        max_len: usize,
+        buffer: Vec<u8>,
+    ) -> io::Result<Option<Vec<u8>>> {
+        drop(buffer);
+        self.get(id, max_len)
+    }
+
     /// Whether a chunk is present (not whether it is intact).
     fn contains(&self, id: &ChunkId) -> io::Result<bool>;
 }
@@ -25,6 +38,15 @@ pub trait ChunkSource {
 impl<T: ChunkSource + ?Sized> ChunkSource for &T {
     fn get(&self, id: &ChunkId, max_len: usize) -> io::Result<Option<Vec<u8>>> {
         (**self).get(id, max_len)
+    }
+
+    fn get_into(
+        &self,
+        id: &ChunkId,
+        max_len: usize,
+        buffer: Vec<u8>,
+    ) -> io::Result<Option<Vec<u8>>> {
+        (**self).get_into(id, max_len, buffer)
     }
 
     fn contains(&self, id: &ChunkId) -> io::Result<bool> {
@@ -90,8 +112,9 @@ fn fetch_verified<S: ChunkSource>(
     source: &S,
     id: &ChunkId,
     len: usize,
+    buffer: Vec<u8>,
 ) -> Result<Result<Vec<u8>, Damage>, RebuildError> {
-    match source.get(id, len) {
+    match source.get_into(id, len, buffer) {
         Ok(Some(bytes)) if bytes.len() == len && id.matches(&bytes) => Ok(Ok(bytes)),
         Ok(Some(_)) => Ok(Err(Damage::Corrupt)),
         Ok(None) => Ok(Err(Damage::Missing)),
@@ -109,6 +132,9 @@ pub struct Reassembler<S: ChunkSource> {
     source: S,
     next_data: usize,
     current: Vec<u8>,
+    /// The chunk read before `current`, whose allocation the next read
+    /// reuses.
+    spare: Vec<u8>,
     offset: usize,
     rebuilt_stripe: Option<usize>,
     rebuilt: Vec<(usize, Vec<u8>)>,
@@ -141,6 +167,7 @@ impl<S: ChunkSource> Reassembler<S> {
             source,
             next_data: 0,
             current: Vec::new(),
+            spare: Vec::new(),
             offset: 0,
             rebuilt_stripe: None,
             rebuilt: Vec::new(),
@@ -179,7 +206,8 @@ impl<S: ChunkSource> Reassembler<S> {
             }
         }
         let id = self.id(Slot::Data(i));
-        match fetch_verified(&self.source, &id, self.layout.data_len(i))? {
+        let buffer = std::mem::take(&mut self.spare);
+        match fetch_verified(&self.source, &id, self.layout.data_len(i), buffer)? {
             Ok(bytes) => Ok(Some(bytes)),
             Err(_) => {
                 self.rebuild(stripe)?;
@@ -206,7 +234,7 @@ impl<S: ChunkSource> Reassembler<S> {
         for i in data_range.clone() {
             let id = self.id(Slot::Data(i));
             lens.push(layout.data_len(i));
-            match fetch_verified(&self.source, &id, layout.data_len(i))? {
+            match fetch_verified(&self.source, &id, layout.data_len(i), Vec::new())? {
                 Ok(bytes) => data.push(Some(bytes)),
                 Err(d) => {
                     damage.push((i - data_range.start, id, d));
@@ -218,7 +246,7 @@ impl<S: ChunkSource> Reassembler<S> {
         let mut lost = damage.len();
         for index in 0..parity_count {
             let id = self.id(Slot::Parity { stripe, index });
-            match fetch_verified(&self.source, &id, shard_len)? {
+            match fetch_verified(&self.source, &id, shard_len, Vec::new())? {
                 Ok(bytes) => parity.push(Some(bytes)),
                 Err(_) => {
                     lost += 1;
@@ -279,7 +307,7 @@ impl<S: ChunkSource> Read for Reassembler<S> {
             match self.next_chunk().map_err(io::Error::other)? {
                 Some(chunk) => {
                     self.whole.update(&chunk);
-                    self.current = chunk;
+                    self.spare = std::mem::replace(&mut self.current, chunk);
                     self.offset = 0;
                 }
                 None => {

@@ -945,8 +945,17 @@ fn add_used(txn: &WriteTransaction, delta: i64) -> Result<(), StoreError> {
 }
 
 impl ChunkSource for &Store {
-    fn get(&self, id: &ChunkId, _max_len: usize) -> std::io::Result<Option<Vec<u8>>> {
-        match self.get_chunk(id) {
+    fn get(&self, id: &ChunkId, max_len: usize) -> std::io::Result<Option<Vec<u8>>> {
+        self.get_into(id, max_len, Vec::new())
+    }
+
+    fn get_into(
+        &self,
+        id: &ChunkId,
+        _max_len: usize,
+        buffer: Vec<u8>,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        match self.get_chunk_into(id, buffer) {
             Ok(bytes) => Ok(bytes),
             // Quarantined and marked missing: parity can stand in for it.
             Err(StoreError::ChunkCorrupt { .. }) => Ok(None),
