@@ -92,6 +92,16 @@ impl Relay {
     }
 }
 
+/// A relay left running by a failed assertion would outlive the test.
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// One plain HTTP GET of /metrics.
 fn scrape(addr: &str) -> String {
     use std::io::{Read, Write};
