@@ -32,6 +32,15 @@ impl ChunkSource for StoreChunks {
         (&*self.0).get(id, max_len)
     }
 
+    fn get_into(
+        &self,
+        id: &ChunkId,
+        max_len: usize,
+        buffer: Vec<u8>,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        (&*self.0).get_into(id, max_len, buffer)
+    }
+
     fn contains(&self, id: &ChunkId) -> std::io::Result<bool> {
         (&*self.0).contains(id)
     }
