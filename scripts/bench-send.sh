@@ -34,6 +34,13 @@
 # to a folder and `chapar import` of it (what `send` does before its node
 # starts), and `chapar open` of the folder (what `receive` does once it
 # holds every chunk).
+# Floor: a lower bound for this design here, from the same run's figures:
+# the seal alone (no chunk can leave before it ends: the descriptor goes
+# first and lists every chunk) plus the chunk files' bytes at raw
+# libp2p-stream speed (each crosses at least one libp2p connection).
+# Page cache: system time to write the input's size without fsync, into
+# long-free memory and then into just-freed memory (on a VM that reports
+# free pages to its host, the first is several times dearer).
 # Uplink: every TCP socket of the sender's process is polled with
 # `ss -tinp` every 0.25 s; bytes_sent (TCP payload: Noise, Yamux and the
 # protocols' framing included, retransmissions included; IP/TCP headers
@@ -208,6 +215,11 @@ wait_exits() {
   wait "$recv_tpid" || { echo "receive failed:" >&2; tail -20 "$work/recipient.err" >&2; return 1; }
 }
 
+# System seconds to write the input's size of zeros to $1, without fsync.
+page_cache_write() {
+  /usr/bin/time -f '%S' dd if=/dev/zero of="$1" bs=1M count="$mib" status=none 2>&1 | tail -1
+}
+
 # Runs one stage ($1) alone under /usr/bin/time; its wall time goes into stage_secs.
 declare -A stage_secs
 stage() {
@@ -351,6 +363,18 @@ for mib in "${sizes[@]}"; do
   printf 'baselines: raw TCP (python3 sendfile -> recv), 3 runs: %s MB/s, median %s\n' "${tcps[*]}" "$raw_tcp"
   printf '           raw libp2p-stream (TCP+Noise+Yamux), 3 runs: %s MB/s, median %s\n' "${p2ps[*]}" "$raw_p2p"
   printf '           disk: dd %s MiB conv=fsync: %.1f MB/s\n' "$mib" "$disk"
+  # What the page cache costs here: the same bytes written (no fsync) into
+  # memory the kernel has not handed out for a while, then again into the
+  # pages the first file's removal just freed. On a VM whose balloon
+  # reports free pages to the host, the first costs several times more
+  # system time (each fresh page faults on the host).
+  sleep 3
+  pc_cold=$(page_cache_write "$work/pc")
+  rm -f "$work/pc"
+  pc_warm=$(page_cache_write "$work/pc")
+  rm -f "$work/pc"
+  printf '           page cache: write %s MiB without fsync: %s s of system time into long-free memory, %s s into just-freed memory\n' \
+    "$mib" "$pc_cold" "$pc_warm"
 
   # The stages alone, one process at a time: what `send` does before its
   # node starts (seal into a folder, import it into the store) and what
@@ -359,12 +383,26 @@ for mib in "${sizes[@]}"; do
   stage import "$chapar" import --data-dir "$work/I" --role sealed "$work/bundle"
   rm -rf "$work/I"
   stage open "$chapar" open -i "$work/key.txt" -o "$work/opened" "$work/bundle"
+  folder_bytes=$(chunk_bytes "$work/bundle")
   rm -rf "$work/bundle" "$work/opened"
   printf 'stages alone: seal %s s, import %s s (seal + import %.2f s), open %s s\n' \
     "${stage_secs[seal]}" "${stage_secs[import]}" \
     "$(echo "${stage_secs[seal]} ${stage_secs[import]}" | awk '{print $1 + $2}')" "${stage_secs[open]}"
   printf '              peak RSS: seal %s MiB, import %s MiB, open %s MiB\n' \
     "$(peak_mib seal)" "$(peak_mib import)" "$(peak_mib open)"
+  # A lower bound for this design on this machine, from the figures
+  # above: no chunk can leave before sealing ends (the descriptor, which
+  # goes first, lists every chunk), and every byte of the sealed bundle
+  # (payload, parity, index) crosses at least one libp2p connection,
+  # which carries no more than raw libp2p-stream. Opening is left out, as
+  # if it overlapped the transfer completely.
+  printf 'floor: seal alone %s s + %s bytes of chunk files at raw libp2p-stream %.2f s = %.2f s (%.1f MB/s, %.2fx sendme); 1.5x sendme is %.2f s\n' \
+    "${stage_secs[seal]}" "$folder_bytes" \
+    "$(echo "$folder_bytes $raw_p2p" | awk '{print $1 / $2 / 1e6}')" \
+    "$(echo "${stage_secs[seal]} $folder_bytes $raw_p2p" | awk '{print $1 + $2 / $3 / 1e6}')" \
+    "$(echo "${stage_secs[seal]} $folder_bytes $raw_p2p $bytes" | awk '{print $4 / ($1 + $2 / $3 / 1e6) / 1e6}')" \
+    "$(echo "${stage_secs[seal]} $folder_bytes $raw_p2p $bytes" | awk '{print $4 / ($1 + $2 / $3 / 1e6) / 1e6 / 220}')" \
+    "$(echo "$bytes" | awk '{print $1 / 330e6}')"
 
   transfer relay
   transfer direct

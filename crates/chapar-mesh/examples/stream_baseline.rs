@@ -27,6 +27,8 @@
 //! `scripts/bench-replication.sh` runs both next to the relays.
 //!
 //! Both sides run tokio with two worker threads, as `chapar-relay` does.
+//! They also speak QUIC (`serve /ip4/127.0.0.1/udp/0/quic-v1`), so the two
+//! transports a node uses can be compared on the same machine.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -84,8 +86,8 @@ fn count(s: &str) -> Result<u64> {
     s.parse().map_err(|_| format!("{s:?}: not a number").into())
 }
 
-/// A swarm built the way `chapar_mesh::start` builds its own, with only
-/// the stream behaviour.
+/// A swarm built the way `chapar_mesh::start` builds its own (TCP and
+/// QUIC), with only the stream behaviour.
 fn swarm() -> Result<Swarm<libp2p_stream::Behaviour>> {
     Ok(libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
@@ -94,6 +96,7 @@ fn swarm() -> Result<Swarm<libp2p_stream::Behaviour>> {
             noise::Config::new,
             yamux::Config::default,
         )?
+        .with_quic()
         .with_behaviour(|_| libp2p_stream::Behaviour::new())?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build())
