@@ -33,6 +33,14 @@ use crate::swarm::{Command, SwarmNews};
 const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// How often a peer's entry in the peer book is rewritten while it stays.
 const PEERBOOK_REFRESH: Duration = Duration::from_secs(600);
+/// Peers the peer book holds at most (a restart redials the 64 seen
+/// last). Anyone who connects and names its addresses is written there,
+/// so without a bound a stream of throwaway identities would grow it,
+/// and the books below, without end.
+const PEERBOOK_KEEP: usize = 512;
+/// Disconnected peers whose pace is kept for their return, beyond which
+/// they are forgotten.
+const PACE_KEPT: usize = 256;
 
 /// What the replicator hears from the tasks it starts.
 enum Outcome {
@@ -156,7 +164,7 @@ struct Books {
     /// Bundles nothing is fetched for, and their parity-repair checks.
     stalls: Stalls,
     /// How fast each peer answers: sizes its batches and budget. Kept
-    /// when it disconnects, for the next window.
+    /// when it disconnects, for the next window, while few are kept.
     pace: HashMap<PeerId, Pace>,
 }
 
@@ -203,6 +211,37 @@ impl Books {
             .entry(peer)
             .or_default()
             .answered(received, busy, Instant::now().into_std());
+    }
+
+    /// Whether `peer`'s peer-book record is due for a write; if so, notes
+    /// it as written now.
+    fn peerbook_due(&mut self, peer: PeerId) -> bool {
+        let written = &mut self.peerbook_written;
+        if written
+            .get(&peer)
+            .is_some_and(|t| t.elapsed() < PEERBOOK_REFRESH)
+        {
+            return false;
+        }
+        if written.len() >= PEERBOOK_KEEP {
+            written.retain(|_, t| t.elapsed() < PEERBOOK_REFRESH);
+            if written.len() >= 4 * PEERBOOK_KEEP {
+                // Identities churning this fast are not worth the memory;
+                // forgetting costs at most one early rewrite per peer.
+                written.clear();
+            }
+        }
+        written.insert(peer, Instant::now());
+        true
+    }
+
+    /// Forgets the pace of disconnected peers once more than
+    /// [`PACE_KEPT`] are kept.
+    fn forget_paces(&mut self) {
+        if self.pace.len() > PACE_KEPT {
+            let connected = &self.peers;
+            self.pace.retain(|p, _| connected.contains_key(p));
+        }
     }
 
     /// Whether `peer` said it holds the whole of `bundle`.
@@ -310,6 +349,7 @@ impl Replicator {
                 if let Ok(mut h) = self.holdings.lock() {
                     h.remove(&peer);
                 }
+                books.forget_paces();
             }
             SwarmNews::PeerReachable { peer, addrs } => self.remember(peer, addrs, books).await,
             SwarmNews::Gossip {
@@ -334,14 +374,9 @@ impl Replicator {
     /// Writes where a peer was reached to the peer book, at most every
     /// [`PEERBOOK_REFRESH`] per peer (each write is a durable commit).
     async fn remember(&self, peer: PeerId, addrs: Vec<libp2p::Multiaddr>, books: &mut Books) {
-        if books
-            .peerbook_written
-            .get(&peer)
-            .is_some_and(|t| t.elapsed() < PEERBOOK_REFRESH)
-        {
+        if !books.peerbook_due(peer) {
             return;
         }
-        books.peerbook_written.insert(peer, Instant::now());
         let result = self
             .store
             .call(move |s| {
@@ -349,7 +384,9 @@ impl Replicator {
                     last_seen: s.now(),
                     addrs,
                 };
-                s.put_peer(&peer.to_bytes(), &record.encode())
+                s.put_peer(&peer.to_bytes(), &record.encode(), PEERBOOK_KEEP, |r| {
+                    PeerRecord::decode(r).map_or(0, |p| p.last_seen)
+                })
             })
             .await;
         if let Err(e) = result {
@@ -844,6 +881,43 @@ fn batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_book_writes_are_spaced_and_their_count_is_bounded() {
+        let mut books = Books::default();
+        let first = PeerId::random();
+        assert!(books.peerbook_due(first));
+        assert!(!books.peerbook_due(first), "rewritten within the refresh");
+        // A stream of throwaway identities: each is written once, and the
+        // count in memory stays bounded.
+        for _ in 0..(4 * PEERBOOK_KEEP + 100) {
+            assert!(books.peerbook_due(PeerId::random()));
+            assert!(books.peerbook_written.len() <= 4 * PEERBOOK_KEEP);
+        }
+    }
+
+    #[test]
+    fn paces_of_departed_peers_are_kept_only_while_few() {
+        let mut books = Books::default();
+        let connected = PeerId::random();
+        books.peers.insert(
+            connected,
+            PeerState {
+                holdings: HashMap::new(),
+                last_sync: None,
+                syncing: false,
+            },
+        );
+        books.pace.insert(connected, Pace::default());
+        for _ in 1..PACE_KEPT {
+            books.pace.insert(PeerId::random(), Pace::default());
+        }
+        books.forget_paces();
+        assert_eq!(books.pace.len(), PACE_KEPT, "at the bound: all kept");
+        books.pace.insert(PeerId::random(), Pace::default());
+        books.forget_paces();
+        assert_eq!(books.pace.keys().collect::<Vec<_>>(), vec![&connected]);
+    }
 
     #[test]
     fn batches_respect_the_byte_budget() {

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chapar_format::{read_index, BundleId, ChunkId, ChunkSource, Descriptor, MAX_CHUNK_SIZE};
-use redb::{Database, ReadableDatabase, ReadableMultimapTable, ReadableTable, WriteTransaction};
+use redb::{
+    Database, ReadableDatabase, ReadableMultimapTable, ReadableTable, ReadableTableMetadata,
+    WriteTransaction,
+};
 
 use crate::chunks::{ChunkFiles, FsChunks, MemChunks, Staged};
 use crate::error::StoreError;
@@ -846,10 +849,37 @@ impl Store {
         Ok(())
     }
 
-    /// The mesh's peer book: opaque records by peer id.
-    pub fn put_peer(&self, peer: &[u8], record: &[u8]) -> Result<(), StoreError> {
+    /// The mesh's peer book: opaque records by peer id, at most `keep` of
+    /// them. Anyone who connects can be written here, so a full book makes
+    /// room for a new peer by dropping the records `rank` puts lowest (the
+    /// mesh ranks by when each peer was last seen), in the same
+    /// transaction; the record just written is never the one dropped.
+    pub fn put_peer(
+        &self,
+        peer: &[u8],
+        record: &[u8],
+        keep: usize,
+        rank: impl Fn(&[u8]) -> u64,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
-        txn.open_table(PEERS)?.insert(peer, record)?;
+        {
+            let mut table = txn.open_table(PEERS)?;
+            table.insert(peer, record)?;
+            let len = usize::try_from(table.len()?).unwrap_or(usize::MAX);
+            if len > keep.max(1) {
+                let mut ranked = Vec::with_capacity(len);
+                for entry in table.iter()? {
+                    let (k, v) = entry?;
+                    if k.value() != peer {
+                        ranked.push((rank(v.value()), k.value().to_vec()));
+                    }
+                }
+                ranked.sort_unstable();
+                for (_, doomed) in ranked.iter().take(len - keep.max(1)) {
+                    table.remove(doomed.as_slice())?;
+                }
+            }
+        }
         txn.commit()?;
         Ok(())
     }
