@@ -861,12 +861,13 @@ impl Store {
         keep: usize,
         rank: impl Fn(&[u8]) -> u64,
     ) -> Result<(), StoreError> {
+        let keep = keep.max(1);
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(PEERS)?;
             table.insert(peer, record)?;
             let len = usize::try_from(table.len()?).unwrap_or(usize::MAX);
-            if len > keep.max(1) {
+            if len > keep {
                 let mut ranked = Vec::with_capacity(len);
                 for entry in table.iter()? {
                     let (k, v) = entry?;
@@ -875,7 +876,7 @@ impl Store {
                     }
                 }
                 ranked.sort_unstable();
-                for (_, doomed) in ranked.iter().take(len - keep.max(1)) {
+                for (_, doomed) in ranked.iter().take(len - keep) {
                     table.remove(doomed.as_slice())?;
                 }
             }
