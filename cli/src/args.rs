@@ -224,17 +224,27 @@ pub struct SealArgs {
 /// How a node reaches the mesh.
 #[derive(Debug, Args)]
 pub struct NetArgs {
-    /// A relay to connect to, with /p2p/<id> (repeatable). Relays met
-    /// before are remembered in the data directory.
-    #[arg(long = "peer", value_name = "MULTIADDR")]
+    /// A relay to connect to (repeatable): a share string a relay printed
+    /// (https://…#PEER_ID), a bridge line (obfs4 HOST:PORT PEER_ID cert=…
+    /// iat-mode=0), or a multiaddr with /p2p/<id>. Only share strings and
+    /// bridge lines look like ordinary traffic to a censor.
+    #[arg(long = "peer", visible_alias = "bridge", value_name = "ADDRESS", value_parser = parse_peer)]
     pub peers: Vec<libp2p::Multiaddr>,
 
-    /// Address to listen on (repeatable) [default: /ip4/0.0.0.0/tcp/0].
+    /// Listen on this address too (repeatable). By default this machine
+    /// only dials out and stays quiet (stealth): nothing to probe, no
+    /// agent string, no local-network announcements. Listening, like
+    /// --mdns, makes it visible as a Chapar node.
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Vec<libp2p::Multiaddr>,
 
-    /// Do not discover or announce this machine on the local network (mDNS).
-    #[arg(long)]
+    /// Find and announce peers on the local network (mDNS); visible to
+    /// anyone on that network.
+    #[arg(long, conflicts_with = "no_mdns")]
+    pub mdns: bool,
+
+    /// Do not use mDNS (the default; kept for scripts that pass it).
+    #[arg(long, hide = true)]
     pub no_mdns: bool,
 
     /// How often inventories are re-synced with each peer.
@@ -245,6 +255,11 @@ pub struct NetArgs {
     /// json (one JSON object per line on stderr), or quiet.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
+}
+
+/// A `--peer` value: a multiaddr, a share string or a bridge line.
+fn parse_peer(text: &str) -> Result<libp2p::Multiaddr, chapar_transport::ShareError> {
+    chapar_transport::parse_peer_addr(text)
 }
 
 /// How progress is shown.

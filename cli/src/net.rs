@@ -29,14 +29,24 @@ pub async fn start_node(
 ) -> Result<NodeHandle> {
     let key = chapar_mesh::load_or_create_node_key(dir)
         .with_context(|| format!("node key in {}", dir.display()))?;
-    let listen = if net.listen.is_empty() {
-        vec!["/ip4/0.0.0.0/tcp/0".parse()?]
-    } else {
-        net.listen.clone()
-    };
-    let mut config = NodeConfig::new(key, listen);
+    let stealth = net.listen.is_empty() && !net.mdns;
+    let mut config = NodeConfig::new(key, net.listen.clone());
     config.peers = net.peers.clone();
-    config.mdns = !net.no_mdns;
+    config.mdns = net.mdns && !net.no_mdns;
+    config.stealth = stealth;
+    config.pluggable.state_dir = dir.join("pt");
+    if stealth {
+        for plain in net
+            .peers
+            .iter()
+            .filter(|a| !chapar_transport::is_hidden_transport(a))
+        {
+            tracing::warn!(
+                peer = %plain,
+                "a plain libp2p address: a censor can see and block this link; ask the relay for its share string"
+            );
+        }
+    }
     config.sync_interval = net.sync_interval.into();
     config.fetch = fetch;
     // A sender's or recipient's machine relays circuits for nobody, and

@@ -18,7 +18,7 @@
 //! these tests, next to the `chapar` binary.
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, OnceLock};
@@ -121,6 +121,7 @@ struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    stdout_lines: mpsc::Receiver<String>,
     stdout: Option<JoinHandle<String>>,
 }
 
@@ -172,9 +173,14 @@ impl Proc {
                 }
             }
         });
+        let (out_tx, stdout_lines) = mpsc::sync_channel(1 << 12);
         let stdout = std::thread::spawn(move || {
             let mut text = String::new();
-            let _ = stdout.read_to_string(&mut text);
+            for line in BufReader::new(&mut stdout).lines().map_while(Result::ok) {
+                let _ = out_tx.try_send(line.clone());
+                text.push_str(&line);
+                text.push('\n');
+            }
             text
         });
         Self {
@@ -182,6 +188,7 @@ impl Proc {
             child,
             lines,
             seen: Vec::new(),
+            stdout_lines,
             stdout: Some(stdout),
         }
     }
@@ -221,6 +228,24 @@ impl Proc {
             "{}: waited {PATIENCE:?} for {what} (process {}); its stderr:\n{}",
             self.name,
             exited.map_or("still running".to_owned(), |s| format!("exited with {s}")),
+            self.log()
+        );
+    }
+
+    /// Waits for a stdout line that starts with `prefix`; returns the rest.
+    fn wait_stdout(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if let Ok(line) = self.stdout_lines.recv_timeout(Duration::from_millis(100)) {
+                if let Some(rest) = line.strip_prefix(prefix) {
+                    return rest.to_owned();
+                }
+            }
+            let _ = self.pending_lines();
+        }
+        panic!(
+            "{}: no stdout line starting {prefix:?} within {PATIENCE:?}; its stderr:\n{}",
+            self.name,
             self.log()
         );
     }
@@ -925,4 +950,254 @@ fn sneakernet_a_country_relay_exports_a_world_relay_imports_and_the_recipient_ge
         !log.contains(country_peer),
         "the world relay met the country relay:\n{log}"
     );
+}
+
+/// What `send` and `receive` get in the stealth tests: no `--listen`, so
+/// they run dial-only and quiet, as they do by default.
+const STEALTH_FLAGS: [&str; 5] = ["--sync-interval", "1s", "--progress", "json", "--json"];
+
+#[test]
+fn stealth_sender_and_recipient_reach_a_relay_only_through_its_camouflaged_share_string() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let t = tmp.path();
+    let (key, recipient) = keygen(t, "key.txt");
+    let original = evidence(t, 1 << 20);
+    let site = t.join("site");
+    std::fs::create_dir_all(&site).expect("mkdir");
+    std::fs::write(site.join("index.html"), "<h1>Opening hours</h1>").expect("write");
+    let relay_dir = t.join("relay");
+    let mut cmd = Command::new(relay_bin());
+    cmd.arg("--data-dir")
+        .arg(&relay_dir)
+        .args([
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--sync-interval",
+            "1s",
+        ])
+        .args(["--https-listen", "127.0.0.1:0", "--https-site"])
+        .arg(&site)
+        .env("CHAPAR_LOG", "info");
+    let mut relay = Proc::spawn("relay", cmd);
+    let share = relay.wait_stdout("share: ");
+    assert!(share.starts_with("https://127.0.0.1:"), "{share}");
+    assert!(
+        share.contains("?pin="),
+        "a self-signed certificate is pinned: {share}"
+    );
+
+    // `chapar-relay id` names the same token, pin and peer (its port is
+    // the configured one, 0 here, so only the rest is compared).
+    let id = Command::new(relay_bin())
+        .args([
+            "id",
+            "--json",
+            "--https-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&relay_dir)
+        .output()
+        .expect("chapar-relay id runs");
+    assert!(id.status.success(), "{id:?}");
+    let id: Value = serde_json::from_slice(&id.stdout).expect("id --json");
+    let listed = id["share"][0].as_str().expect("one share string");
+    let path_onwards = |s: &str| {
+        s[s.find('/').map_or(0, |i| i + 2)..]
+            .split_once('/')
+            .map(|(_, rest)| rest.to_owned())
+    };
+    assert_eq!(
+        path_onwards(listed),
+        path_onwards(&share),
+        "{listed} vs {share}"
+    );
+
+    let mut cmd = chapar();
+    cmd.arg("send")
+        .arg("--data-dir")
+        .arg(t.join("sender"))
+        .args(["--peer", &share, "--until", "delivered", "--replicas", "1"])
+        .args(["--chunk-size", "64KiB", "-r", &recipient])
+        .args(STEALTH_FLAGS)
+        .arg(&original)
+        .env("CHAPAR_LOG", "info");
+    let mut sender = Proc::spawn("sender", cmd);
+    let bundle = sealed_id(&mut sender);
+
+    let out = t.join("out");
+    let mut cmd = chapar();
+    cmd.arg("receive")
+        .arg("--data-dir")
+        .arg(t.join("recipient"))
+        .arg("-i")
+        .arg(&key)
+        .arg("-o")
+        .arg(&out)
+        .args(["--peer", &share, "--once"])
+        .args(STEALTH_FLAGS);
+    received(Proc::spawn("recipient", cmd), &bundle);
+    assert_opened_intact(&out, &bundle, &original);
+
+    let end = sender.finish();
+    end.assert_success("stealth sender --until delivered");
+    let report = end.json("sender");
+    assert_eq!(sent_bundle(&report, &bundle)["delivered"], true, "{report}");
+    // Dial-only: the sender logged its connection, and never listened.
+    assert!(end.log.contains("peer connected"), "{}", end.log);
+    assert!(
+        !end.log.contains("listening address="),
+        "the stealth sender listened:\n{}",
+        end.log
+    );
+    relay.terminate().assert_success("relay");
+}
+
+/// `obfs4proxy` (or lyrebird) on PATH; a loud skip without it, a failure
+/// under CI, which installs it.
+fn obfs4_installed() -> bool {
+    let found = ["obfs4proxy", "lyrebird"].iter().any(|name| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {name}"))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "obfs4proxy is not installed, and CI must not skip this test (apt-get install obfs4proxy)"
+        );
+        eprintln!("SKIPPED: obfs4proxy is not installed (apt-get install obfs4proxy)");
+    }
+    found
+}
+
+#[test]
+fn a_bundle_crosses_an_obfs4_bridge_from_its_bridge_line_alone() {
+    if !obfs4_installed() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let t = tmp.path();
+    let (key, recipient) = keygen(t, "key.txt");
+    let original = evidence(t, 1 << 20);
+    let relay_dir = t.join("relay");
+    let relay_cmd = |dir: &Path| {
+        let mut cmd = Command::new(relay_bin());
+        cmd.arg("--data-dir")
+            .arg(dir)
+            .args(["--no-mdns", "--sync-interval", "1s"])
+            .args([
+                "--obfs4-listen",
+                "127.0.0.1:0",
+                "--public-host",
+                "127.0.0.1",
+            ])
+            .env("CHAPAR_LOG", "info");
+        cmd
+    };
+    let mut relay = Proc::spawn("relay", relay_cmd(&relay_dir));
+    let bridge = relay.wait_stdout("share: ");
+    assert!(bridge.starts_with("obfs4 127.0.0.1:"), "{bridge}");
+    assert!(bridge.contains(" cert="), "{bridge}");
+
+    let mut cmd = chapar();
+    cmd.arg("send")
+        .arg("--data-dir")
+        .arg(t.join("sender"))
+        .args([
+            "--bridge",
+            &bridge,
+            "--until",
+            "delivered",
+            "--replicas",
+            "1",
+        ])
+        .args(["--chunk-size", "64KiB", "-r", &recipient])
+        .args(STEALTH_FLAGS)
+        .arg(&original);
+    let mut sender = Proc::spawn("sender", cmd);
+    let bundle = sealed_id(&mut sender);
+
+    let out = t.join("out");
+    let mut cmd = chapar();
+    cmd.arg("receive")
+        .arg("--data-dir")
+        .arg(t.join("recipient"))
+        .arg("-i")
+        .arg(&key)
+        .arg("-o")
+        .arg(&out)
+        .args(["--bridge", &bridge, "--once"])
+        .args(STEALTH_FLAGS);
+    received(Proc::spawn("recipient", cmd), &bundle);
+    assert_opened_intact(&out, &bundle, &original);
+    let end = sender.finish();
+    end.assert_success("sender through obfs4");
+    assert_eq!(sent_bundle(&end.json("sender"), &bundle)["delivered"], true);
+
+    // The bridge line is the obfs4 server's: the same after a restart.
+    relay.terminate().assert_success("relay");
+    let mut again = Proc::spawn("relay again", relay_cmd(&relay_dir));
+    let bridge_again = again.wait_stdout("share: ");
+    let cert = |line: &str| {
+        line.split_whitespace()
+            .find(|w| w.starts_with("cert="))
+            .map(str::to_owned)
+    };
+    assert_eq!(cert(&bridge_again), cert(&bridge));
+    again.terminate().assert_success("relay again");
+}
+
+#[test]
+fn a_missing_obfs4_program_is_a_clear_error_and_the_relay_keeps_its_other_links() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let relay_dir = tmp.path().join("relay");
+    let mut cmd = Command::new(relay_bin());
+    cmd.arg("--data-dir")
+        .arg(&relay_dir)
+        .args(["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args([
+            "--https-listen",
+            "127.0.0.1:0",
+            "--obfs4-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--obfs4-binary", "/nonexistent/obfs4proxy"])
+        .env("CHAPAR_LOG", "info");
+    let mut relay = Proc::spawn("relay", cmd);
+    // The HTTPS link still comes up and is announced...
+    let share = relay.wait_stdout("share: ");
+    assert!(share.starts_with("https://"), "{share}");
+    // ...and the obfs4 failure names the program.
+    relay.wait_for("the obfs4 error", |l| {
+        l.contains("obfs4 bridge not started") && l.contains("/nonexistent/obfs4proxy")
+    });
+    assert!(relay.running(), "the relay kept running");
+    relay.terminate().assert_success("relay");
+}
+
+#[test]
+fn a_malformed_bridge_line_or_share_string_is_refused_naming_the_bad_part() {
+    let peer = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+    for (arg, part) in [
+        (format!("obfs4 192.0.2.7 {peer} cert=x"), "port"),
+        (format!("obfs4 192.0.2.7:443 {peer} cert"), "argument"),
+        ("obfs4 192.0.2.7:443 notapeer cert=x".to_owned(), "peer id"),
+        (format!("https://relay.example.org/short#{peer}"), "token"),
+        (
+            "https://relay.example.org/AbCdEfGhIjKlMnOpQrStUv".to_owned(),
+            "peer id",
+        ),
+    ] {
+        let out = chapar()
+            .args(["send", "--peer", &arg])
+            .output()
+            .expect("chapar runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{arg}: {stderr}");
+        assert!(stderr.contains(&format!("{part}:")), "{arg}: {stderr}");
+    }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use chapar_mesh::{NodeConfig, RelayLimits};
 use clap::Args;
+
+use crate::links::{HttpsSettings, LinkSettings, Obfs4Settings};
 use libp2p::{identity, Multiaddr};
 
 /// Environment variable naming the data directory.
@@ -25,6 +27,10 @@ pub struct DataDirArg {
     pub data_dir: Option<PathBuf>,
 }
 
+fn parse_peer(text: &str) -> Result<Multiaddr, chapar_transport::ShareError> {
+    chapar_transport::parse_peer_addr(text)
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -37,12 +43,15 @@ pub struct RunArgs {
 
     /// Address to listen on (repeatable): TCP, QUIC (/udp/N/quic-v1),
     /// WebSocket (/tcp/N/ws), or through a relay (…/p2p/<relay>/p2p-circuit)
-    /// [default: /ip4/0.0.0.0/tcp/4701 and /ip4/0.0.0.0/udp/4701/quic-v1].
+    /// [default: /ip4/0.0.0.0/tcp/4701 and /ip4/0.0.0.0/udp/4701/quic-v1;
+    /// none when --https-listen or --obfs4-listen is given].
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Vec<Multiaddr>,
 
-    /// A peer to connect to and keep reconnecting to, with /p2p/<id> (repeatable).
-    #[arg(long = "peer", value_name = "MULTIADDR")]
+    /// A peer to connect to and keep reconnecting to (repeatable): a
+    /// multiaddr with /p2p/<id>, another relay's share string, or a bridge
+    /// line.
+    #[arg(long = "peer", visible_alias = "bridge", value_name = "ADDRESS", value_parser = parse_peer)]
     pub peers: Vec<Multiaddr>,
 
     /// Byte budget for stored chunks, e.g. 50GiB (kept in the data directory).
@@ -74,6 +83,51 @@ pub struct RunArgs {
     #[arg(long = "scarce-uplink-listen", value_name = "MULTIADDR")]
     pub scarce_uplink_listen: Vec<Multiaddr>,
 
+    /// Serve a camouflaged HTTPS listener here (443 in production): an
+    /// ordinary website to anyone without this relay's secret, Chapar
+    /// inside TLS for clients given its share string.
+    #[arg(long, value_name = "IP:PORT")]
+    pub https_listen: Option<SocketAddr>,
+
+    /// The website strangers see there: a folder of static files
+    /// [default: a small built-in page].
+    #[arg(long, value_name = "DIR")]
+    pub https_site: Option<PathBuf>,
+
+    /// The certificate chain to serve (PEM, e.g. certbot's fullchain.pem)
+    /// [default: a self-signed one made in the data directory, pinned in
+    /// the share string].
+    #[arg(long, value_name = "FILE")]
+    pub https_cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub https_key: Option<PathBuf>,
+
+    /// Serve plain HTTP on --https-listen, for a reverse proxy (nginx,
+    /// Caddy, a CDN) that terminates TLS in front of it. --https-cert then
+    /// names the proxy's certificate if clients must pin it.
+    #[arg(long)]
+    pub https_behind_proxy: bool,
+
+    /// The port clients connect to when a proxy listens on another one.
+    #[arg(long, value_name = "PORT")]
+    pub https_public_port: Option<u16>,
+
+    /// Run an obfs4 bridge here (Tor's pluggable transport, through
+    /// obfs4proxy or lyrebird). Its bridge line is printed at start.
+    #[arg(long, value_name = "IP:PORT")]
+    pub obfs4_listen: Option<SocketAddr>,
+
+    /// The obfs4 program [default: lyrebird or obfs4proxy on PATH].
+    #[arg(long, value_name = "FILE")]
+    pub obfs4_binary: Option<PathBuf>,
+
+    /// The name or address clients reach this relay at, for share strings
+    /// [default: the listen address, or this machine's first address].
+    #[arg(long, value_name = "HOST")]
+    pub public_host: Option<String>,
+
     /// More log output (-v debug). `CHAPAR_LOG` takes a full filter.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -95,6 +149,29 @@ pub struct ConfigFile {
     pub scarce_uplink: Option<bool>,
     pub scarce_uplink_listen: Option<Vec<String>>,
     pub relay: Option<RelaySection>,
+    pub public_host: Option<String>,
+    pub https: Option<HttpsSection>,
+    pub obfs4: Option<Obfs4Section>,
+}
+
+/// `[https]`: the camouflaged HTTPS listener.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsSection {
+    pub listen: Option<SocketAddr>,
+    pub site: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub behind_proxy: Option<bool>,
+    pub public_port: Option<u16>,
+}
+
+/// `[obfs4]`: the obfs4 bridge.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Obfs4Section {
+    pub listen: Option<SocketAddr>,
+    pub binary: Option<PathBuf>,
 }
 
 /// `[relay]`: carrying circuits for peers that cannot be reached directly.
@@ -123,6 +200,7 @@ pub struct Settings {
     pub scarce_uplink: bool,
     pub scarce_listen: Vec<Multiaddr>,
     pub relay: Option<RelayLimits>,
+    pub links: LinkSettings,
 }
 
 impl Settings {
@@ -157,6 +235,56 @@ fn addrs(list: &[String], what: &str) -> Result<Vec<Multiaddr>> {
                 .with_context(|| format!("{what}: {a:?} is not a multiaddr"))
         })
         .collect()
+}
+
+/// Peers: multiaddrs, share strings or bridge lines.
+fn peer_addrs(list: &[String]) -> Result<Vec<Multiaddr>> {
+    list.iter()
+        .map(|a| chapar_transport::parse_peer_addr(a).with_context(|| format!("peers: {a:?}")))
+        .collect()
+}
+
+fn link_settings(args: &RunArgs, file: &ConfigFile) -> LinkSettings {
+    let https_file = file.https.as_ref();
+    let https = args
+        .https_listen
+        .or(https_file.and_then(|h| h.listen))
+        .map(|listen| HttpsSettings {
+            listen,
+            site: args
+                .https_site
+                .clone()
+                .or(https_file.and_then(|h| h.site.clone())),
+            cert: args
+                .https_cert
+                .clone()
+                .or(https_file.and_then(|h| h.cert.clone())),
+            key: args
+                .https_key
+                .clone()
+                .or(https_file.and_then(|h| h.key.clone())),
+            behind_proxy: args.https_behind_proxy
+                || https_file.and_then(|h| h.behind_proxy).unwrap_or(false),
+            public_port: args
+                .https_public_port
+                .or(https_file.and_then(|h| h.public_port)),
+        });
+    let obfs4_file = file.obfs4.as_ref();
+    let obfs4 = args
+        .obfs4_listen
+        .or(obfs4_file.and_then(|o| o.listen))
+        .map(|listen| Obfs4Settings {
+            listen,
+            binary: args
+                .obfs4_binary
+                .clone()
+                .or(obfs4_file.and_then(|o| o.binary.clone())),
+        });
+    LinkSettings {
+        https,
+        obfs4,
+        public_host: args.public_host.clone().or(file.public_host.clone()),
+    }
 }
 
 fn duration(text: &str, what: &str) -> Result<Duration> {
@@ -209,8 +337,13 @@ pub fn settings(args: &RunArgs) -> Result<Settings> {
         (Some(d), _) | (None, Some(d)) => d.clone(),
         (None, None) => data_dir(&args.data)?,
     };
+    let links = link_settings(args, &file);
     let listen = match (&args.listen[..], &file.listen) {
         ([], Some(l)) => addrs(l, "listen")?,
+        // A relay that faces a censor must not also answer libp2p on a
+        // well-known port of the same address: plain listeners only when
+        // asked for.
+        ([], None) if links.https.is_some() || links.obfs4.is_some() => Vec::new(),
         ([], None) => DEFAULT_LISTEN
             .iter()
             .map(|a| a.parse())
@@ -218,7 +351,7 @@ pub fn settings(args: &RunArgs) -> Result<Settings> {
         (flags, _) => flags.to_vec(),
     };
     let peers = match (&args.peers[..], &file.peers) {
-        ([], Some(p)) => addrs(p, "peers")?,
+        ([], Some(p)) => peer_addrs(p)?,
         (flags, _) => flags.to_vec(),
     };
     let quota = match (args.quota, &file.quota) {
@@ -252,6 +385,7 @@ pub fn settings(args: &RunArgs) -> Result<Settings> {
             || !scarce_listen.is_empty(),
         scarce_listen,
         relay: relay_limits(file.relay.as_ref())?,
+        links,
     })
 }
 

@@ -21,8 +21,9 @@ pub const KAD_PROTOCOL: &str = "/chapar/kad/1";
 pub struct Behaviour {
     /// Connection caps (total and per peer).
     pub limits: connection_limits::Behaviour,
-    /// Who the peer is and where it listens.
-    pub identify: identify::Behaviour,
+    /// Who the peer is and where it listens (off in stealth: it would
+    /// name Chapar and its version to every peer).
+    pub identify: Toggle<identify::Behaviour>,
     /// Liveness; failures close the connection (the swarm loop does that).
     pub ping: ping::Behaviour,
     /// Peer routing, so a relay finds relays beyond the ones it was told of.
@@ -35,12 +36,13 @@ pub struct Behaviour {
     pub relay: Toggle<relay::Behaviour>,
     /// Relay v2 client: listens and dials through relays.
     pub relay_client: relay::client::Behaviour,
-    /// Hole punching over a relayed connection.
-    pub dcutr: dcutr::Behaviour,
-    /// Asks peers whether our addresses are reachable.
-    pub autonat_client: autonat::v2::client::Behaviour,
-    /// Answers such questions for peers.
-    pub autonat_server: autonat::v2::server::Behaviour,
+    /// Hole punching over a relayed connection (off in stealth).
+    pub dcutr: Toggle<dcutr::Behaviour>,
+    /// Asks peers whether our addresses are reachable (off in stealth).
+    pub autonat_client: Toggle<autonat::v2::client::Behaviour>,
+    /// Answers such questions for peers (off in stealth: a peer could make
+    /// us dial any address it names, in plain sight of a censor).
+    pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
     /// Raw streams for inventory sync and chunk transfer.
     pub stream: libp2p_stream::Behaviour,
 }
@@ -107,6 +109,11 @@ pub(crate) struct Options {
     pub dial_learned_addrs: bool,
     /// `None`: this node does not relay for others.
     pub relay: Option<RelayLimits>,
+    /// Dial-only and quiet: no identify, AutoNAT or hole punching.
+    pub stealth: bool,
+    /// Identify sends only external addresses, never listen addresses
+    /// (set when a listener must not be announced).
+    pub hide_listen_addrs: bool,
 }
 
 /// Gossip score: a peer that forwards invalid descriptors or forged
@@ -215,11 +222,14 @@ impl Behaviour {
         };
         Ok(Self {
             limits: connection_limits::Behaviour::new(limits),
-            identify: identify::Behaviour::new(
-                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
-                    .with_agent_version(format!("chapar/{}", env!("CARGO_PKG_VERSION")))
-                    .with_cache_size(if options.dial_learned_addrs { 100 } else { 0 }),
-            ),
+            identify: Toggle::from((!options.stealth).then(|| {
+                identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                        .with_agent_version(format!("chapar/{}", env!("CARGO_PKG_VERSION")))
+                        .with_hide_listen_addrs(options.hide_listen_addrs)
+                        .with_cache_size(if options.dial_learned_addrs { 100 } else { 0 }),
+                )
+            })),
             ping: ping::Behaviour::new(
                 ping::Config::new()
                     .with_interval(Duration::from_secs(5))
@@ -230,9 +240,13 @@ impl Behaviour {
             gossipsub: gossip()?,
             relay: Toggle::from(options.relay.map(|l| relay_server(peer, l))),
             relay_client,
-            dcutr: dcutr::Behaviour::new(peer),
-            autonat_client: autonat::v2::client::Behaviour::default(),
-            autonat_server: autonat::v2::server::Behaviour::default(),
+            dcutr: Toggle::from((!options.stealth).then(|| dcutr::Behaviour::new(peer))),
+            autonat_client: Toggle::from(
+                (!options.stealth).then(autonat::v2::client::Behaviour::default),
+            ),
+            autonat_server: Toggle::from(
+                (!options.stealth).then(autonat::v2::server::Behaviour::default),
+            ),
             stream: libp2p_stream::Behaviour::new(),
         })
     }

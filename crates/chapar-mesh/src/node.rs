@@ -13,6 +13,10 @@ use libp2p::metrics::Registry;
 use libp2p::{identity, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
 
+use chapar_transport::camouflage::{CamouflageTransport, ServerSide};
+use chapar_transport::pt::{PtClientConfig, PtTransport};
+use chapar_transport::{is_hidden_transport, upgraded};
+
 use crate::behaviour::{Behaviour, ConnectionCaps, Options, RelayLimits};
 use crate::gate::DescriptorGate;
 use crate::metrics::{render, NodeStats};
@@ -82,8 +86,20 @@ pub struct NodeConfig {
     pub resend_after: Duration,
     /// Offer the addresses we listen on as this node's external addresses
     /// (in relay reservations, to AutoNAT) without waiting for AutoNAT to
-    /// confirm them, which it never does for LAN addresses.
+    /// confirm them, which it never does for LAN addresses. Camouflaged
+    /// and bridge listeners are never offered.
     pub advertise_listen_addrs: bool,
+    /// What a camouflaged HTTPS listener (`/IP/tcp/PORT/tls/http`) serves;
+    /// needed only to listen on one (any node can dial them).
+    pub camouflage: Option<Arc<ServerSide>>,
+    /// Where pluggable-transport client programs are and keep their state
+    /// (for dialing bridge lines).
+    pub pluggable: PtClientConfig,
+    /// Dial-only and quiet, for a machine on the censored side: no
+    /// identify (it names Chapar and its version), no AutoNAT, no hole
+    /// punching, no peer book; with `listen` empty, `mdns` and `kademlia`
+    /// off, nothing a censor can probe or a peer can make it dial.
+    pub stealth: bool,
 }
 
 impl NodeConfig {
@@ -116,6 +132,9 @@ impl NodeConfig {
             scarce_uplink: false,
             scarce_listen: Vec::new(),
             resend_after: Duration::from_secs(15),
+            camouflage: None,
+            pluggable: PtClientConfig::default(),
+            stealth: false,
         }
     }
 }
@@ -294,7 +313,11 @@ async fn build_swarm(config: &NodeConfig, registry: &mut Registry) -> Result<Swa
         mdns: config.mdns,
         dial_learned_addrs: config.dial_learned_addrs,
         relay: config.relay,
+        stealth: config.stealth,
+        hide_listen_addrs: config.listen.iter().any(is_hidden_transport),
     };
+    let camouflage = config.camouflage.clone();
+    let pluggable = config.pluggable.clone();
     let quic_idle = u32::try_from(config.quic_idle_timeout.as_millis()).unwrap_or(u32::MAX);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
@@ -310,6 +333,10 @@ async fn build_swarm(config: &NodeConfig, registry: &mut Registry) -> Result<Swa
             c.keep_alive_interval = Duration::from_secs(5);
             c
         })
+        .with_other_transport(|key| upgraded(CamouflageTransport::new(camouflage), key))
+        .map_err(|e| err(&e))?
+        .with_other_transport(|key| upgraded(PtTransport::new(pluggable), key))
+        .map_err(|e| err(&e))?
         .with_dns()
         .map_err(|e| err(&e))?
         .with_websocket(noise::Config::new, yamux::Config::default)
@@ -360,7 +387,7 @@ pub async fn start(config: NodeConfig, store: StoreHandle) -> Result<NodeHandle,
         .iter()
         .map(|a| (a.clone(), CONFIGURED_MAX_BACKOFF))
         .collect();
-    if config.use_peer_book {
+    if config.use_peer_book && !config.stealth {
         for addr in remembered_peers(&store, peer_id).await {
             if !known.iter().any(|(k, _)| peer_of(k) == peer_of(&addr)) {
                 known.push((addr, REMEMBERED_MAX_BACKOFF));

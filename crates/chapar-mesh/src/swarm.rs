@@ -60,7 +60,10 @@ pub(crate) enum SwarmNews {
 
 /// Redial state of one known peer.
 struct Redial {
-    addr: Multiaddr,
+    /// Every address it was given at, dialed together: a relay may be
+    /// reachable by a share string, a bridge line and a plain address,
+    /// and only some of them get through a censor.
+    addrs: Vec<Multiaddr>,
     next: Instant,
     backoff: Duration,
     /// Peers we were told to keep are retried at least every minute;
@@ -69,6 +72,8 @@ struct Redial {
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// Addresses kept for redialing one peer.
+const MAX_REDIAL_ADDRS: usize = 8;
 /// Longest wait between redials of a configured peer: a link that comes
 /// back (a satellite window opening) is in use again within ~2 s. Dialing
 /// a handful of configured peers that often costs next to nothing.
@@ -146,6 +151,23 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
+impl State {
+    /// Keeps redialing `peer`, at `addr` too if it already was at others.
+    fn redial_at(&mut self, peer: PeerId, addr: Multiaddr, next: Instant, max_backoff: Duration) {
+        let r = self.redials.entry(peer).or_insert_with(|| Redial {
+            addrs: Vec::new(),
+            next,
+            backoff: MIN_BACKOFF,
+            max_backoff,
+        });
+        if !r.addrs.contains(&addr) && r.addrs.len() < MAX_REDIAL_ADDRS {
+            r.addrs.push(addr);
+        }
+        r.next = r.next.min(next);
+        r.max_backoff = r.max_backoff.min(max_backoff);
+    }
+}
+
 #[derive(Default)]
 struct State {
     redials: HashMap<PeerId, Redial>,
@@ -162,15 +184,7 @@ impl SwarmTask {
             match peer_of(&addr) {
                 Some(peer) => {
                     add_to_kad(&mut self.swarm, peer, addr.clone());
-                    state.redials.insert(
-                        peer,
-                        Redial {
-                            addr,
-                            next: Instant::now(),
-                            backoff: MIN_BACKOFF,
-                            max_backoff,
-                        },
-                    );
+                    state.redial_at(peer, addr, Instant::now(), max_backoff);
                 }
                 None => {
                     let _ = self.swarm.dial(addr);
@@ -199,9 +213,9 @@ impl SwarmTask {
         state.banned.retain(|_, until| *until > now);
         for (peer, r) in state.redials.iter_mut() {
             if r.next <= now && !self.swarm.is_connected(peer) && !state.banned.contains_key(peer) {
-                tracing::debug!(%peer, addr = %r.addr, "redialing");
+                tracing::debug!(%peer, addrs = ?r.addrs, "redialing");
                 let opts = DialOpts::peer_id(*peer)
-                    .addresses(vec![r.addr.clone()])
+                    .addresses(r.addrs.clone())
                     .condition(PeerCondition::DisconnectedAndNotDialing)
                     .build();
                 let _ = self.swarm.dial(opts);
@@ -228,15 +242,8 @@ impl SwarmTask {
         match command {
             Command::Dial(addr) => {
                 if let Some(peer) = peer_of(&addr) {
-                    state.redials.insert(
-                        peer,
-                        Redial {
-                            addr: addr.clone(),
-                            next: Instant::now() + MIN_BACKOFF,
-                            backoff: MIN_BACKOFF,
-                            max_backoff: CONFIGURED_MAX_BACKOFF,
-                        },
-                    );
+                    let next = Instant::now() + MIN_BACKOFF;
+                    state.redial_at(peer, addr.clone(), next, CONFIGURED_MAX_BACKOFF);
                 }
                 if let Err(e) = self.swarm.dial(addr) {
                     tracing::debug!(error = %e, "dial failed");
@@ -302,7 +309,8 @@ impl SwarmTask {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let local = *self.swarm.local_peer_id();
                 let relayed = address.iter().any(|p| p == Protocol::P2pCircuit);
-                if self.advertise_listen_addrs && !relayed {
+                let hidden = chapar_transport::is_hidden_transport(&address);
+                if self.advertise_listen_addrs && !relayed && !hidden {
                     // Identify tells every peer these anyway; as external
                     // addresses they also go into relay reservations (which
                     // libp2p refuses without one) and get AutoNAT-tested.

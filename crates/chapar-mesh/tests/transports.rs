@@ -195,3 +195,30 @@ async fn kademlia_finds_a_relay_nobody_named() {
         n.handle.shutdown().await;
     }
 }
+
+/// A relay named twice, first at an address nothing answers (as a censor
+/// leaves a blocked link) and then at one that works, is reached: every
+/// address of a peer is dialed, not only the last one given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_given_at_a_dead_and_a_live_address_is_reached_through_the_live_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (bundle, id, _key) = common::sealed_bundle(tmp.path(), 100_000);
+    let mut setup = Setup::new(vec!["/ip4/127.0.0.1/tcp/0"], vec![]);
+    setup.preload = Some(&bundle);
+    let a = TestNode::start(setup).await;
+    let live = a.addr("tcp").await;
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dead: Multiaddr = format!("/ip4/127.0.0.1/tcp/{dead_port}/p2p/{}", a.handle.peer_id())
+        .parse()
+        .expect("addr");
+    for peers in [vec![live.clone(), dead.clone()], vec![dead, live]] {
+        let b = TestNode::start(Setup::new(vec![], peers)).await;
+        b.wait_complete(id, "the node given a dead and a live address")
+            .await;
+        b.handle.shutdown().await;
+    }
+    a.handle.shutdown().await;
+}
