@@ -1,6 +1,8 @@
 //! Helpers for Chapar's cross-crate and multi-process tests.
 #![forbid(unsafe_code)]
 
+pub mod censor;
+pub mod netns;
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -789,4 +789,20 @@ mod tests {
         assert_eq!(password.len(), 302 - 255);
         assert!(socks_credentials(&[("k".to_owned(), "v".repeat(600))]).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_line_from_a_managed_proxy_parses_without_panic(line in ".{0,400}") {
+            let _ = ProxyLine::parse(&line);
+        }
+
+        #[test]
+        fn credentials_never_exceed_what_socks5_carries(
+            args in proptest::collection::vec(("[a-z=;\\\\]{1,20}", ".{0,200}"), 0..6)
+        ) {
+            if let Ok((name, password)) = socks_credentials(&args) {
+                proptest::prop_assert!(name.len() <= 255 && !password.is_empty() && password.len() <= 255);
+            }
+        }
+    }
 }

@@ -594,4 +594,36 @@ mod tests {
         );
         assert!(parse_peer_addr("/ip4/not-an-ip/tcp/1").is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_parsed_or_refused_never_a_panic(text in ".{0,300}") {
+            let _ = parse_peer_addr(&text);
+        }
+
+        #[test]
+        fn near_misses_of_share_strings_never_panic(
+            host in "[a-z0-9.:\\[\\]-]{0,40}",
+            token in "[A-Za-z0-9_#?&=-]{0,70}",
+            tail in ".{0,60}",
+        ) {
+            let _ = format!("https://{host}/{token}{tail}").parse::<ShareAddr>();
+            let _ = format!("obfs4 {host} {token} {tail}").parse::<ShareAddr>();
+        }
+
+        #[test]
+        fn every_share_string_that_parses_round_trips(port in 1u16.., pin in proptest::option::of(proptest::array::uniform32(0u8..))) {
+            let share = ShareAddr::Https(HttpsShare {
+                host: Host::Dns("relay.example.org".into()),
+                port,
+                token: "AbCdEfGhIjKlMnOpQrStUv".into(),
+                sni: None,
+                pin,
+                peer: peer(),
+            });
+            let again: ShareAddr = share.to_string().parse().expect("parses");
+            proptest::prop_assert_eq!(&again, &share);
+            proptest::prop_assert_eq!(ShareAddr::from_multiaddr(&share.to_multiaddr()), Some(share));
+        }
+    }
 }
