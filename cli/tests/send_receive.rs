@@ -956,6 +956,48 @@ fn sneakernet_a_country_relay_exports_a_world_relay_imports_and_the_recipient_ge
 /// they run dial-only and quiet, as they do by default.
 const STEALTH_FLAGS: [&str; 5] = ["--sync-interval", "1s", "--progress", "json", "--json"];
 
+/// A stealth sender and recipient (no `--listen`) that reach the relay
+/// only through `peer` (a share string or bridge line): the sender seals
+/// `original` and runs until delivered; the recipient opens it into
+/// `t/out`. Returns how the sender ended.
+fn send_and_receive_through(
+    t: &Path,
+    peer: &str,
+    original: &Path,
+    key: &Path,
+    recipient: &str,
+) -> Finished {
+    let mut cmd = chapar();
+    cmd.arg("send")
+        .arg("--data-dir")
+        .arg(t.join("sender"))
+        .args(["--peer", peer, "--until", "delivered", "--replicas", "1"])
+        .args(["--chunk-size", "64KiB", "-r", recipient])
+        .args(STEALTH_FLAGS)
+        .arg(original)
+        .env("CHAPAR_LOG", "info");
+    let mut sender = Proc::spawn("sender", cmd);
+    let bundle = sealed_id(&mut sender);
+    let out = t.join("out");
+    let mut cmd = chapar();
+    cmd.arg("receive")
+        .arg("--data-dir")
+        .arg(t.join("recipient"))
+        .arg("-i")
+        .arg(key)
+        .arg("-o")
+        .arg(&out)
+        .args(["--peer", peer, "--once"])
+        .args(STEALTH_FLAGS);
+    received(Proc::spawn("recipient", cmd), &bundle);
+    assert_opened_intact(&out, &bundle, original);
+    let end = sender.finish();
+    end.assert_success("the stealth sender, --until delivered");
+    let report = end.json("sender");
+    assert_eq!(sent_bundle(&report, &bundle)["delivered"], true, "{report}");
+    end
+}
+
 #[test]
 fn stealth_sender_and_recipient_reach_a_relay_only_through_its_camouflaged_share_string() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -1014,36 +1056,7 @@ fn stealth_sender_and_recipient_reach_a_relay_only_through_its_camouflaged_share
         "{listed} vs {share}"
     );
 
-    let mut cmd = chapar();
-    cmd.arg("send")
-        .arg("--data-dir")
-        .arg(t.join("sender"))
-        .args(["--peer", &share, "--until", "delivered", "--replicas", "1"])
-        .args(["--chunk-size", "64KiB", "-r", &recipient])
-        .args(STEALTH_FLAGS)
-        .arg(&original)
-        .env("CHAPAR_LOG", "info");
-    let mut sender = Proc::spawn("sender", cmd);
-    let bundle = sealed_id(&mut sender);
-
-    let out = t.join("out");
-    let mut cmd = chapar();
-    cmd.arg("receive")
-        .arg("--data-dir")
-        .arg(t.join("recipient"))
-        .arg("-i")
-        .arg(&key)
-        .arg("-o")
-        .arg(&out)
-        .args(["--peer", &share, "--once"])
-        .args(STEALTH_FLAGS);
-    received(Proc::spawn("recipient", cmd), &bundle);
-    assert_opened_intact(&out, &bundle, &original);
-
-    let end = sender.finish();
-    end.assert_success("stealth sender --until delivered");
-    let report = end.json("sender");
-    assert_eq!(sent_bundle(&report, &bundle)["delivered"], true, "{report}");
+    let end = send_and_receive_through(t, &share, &original, &key, &recipient);
     // Dial-only: the sender logged its connection, and never listened.
     assert!(end.log.contains("peer connected"), "{}", end.log);
     assert!(
@@ -1103,40 +1116,33 @@ fn a_bundle_crosses_an_obfs4_bridge_from_its_bridge_line_alone() {
     assert!(bridge.starts_with("obfs4 127.0.0.1:"), "{bridge}");
     assert!(bridge.contains(" cert="), "{bridge}");
 
-    let mut cmd = chapar();
-    cmd.arg("send")
-        .arg("--data-dir")
-        .arg(t.join("sender"))
-        .args([
-            "--bridge",
-            &bridge,
-            "--until",
-            "delivered",
-            "--replicas",
-            "1",
-        ])
-        .args(["--chunk-size", "64KiB", "-r", &recipient])
-        .args(STEALTH_FLAGS)
-        .arg(&original);
-    let mut sender = Proc::spawn("sender", cmd);
-    let bundle = sealed_id(&mut sender);
+    send_and_receive_through(t, &bridge, &original, &key, &recipient);
 
-    let out = t.join("out");
-    let mut cmd = chapar();
-    cmd.arg("receive")
-        .arg("--data-dir")
-        .arg(t.join("recipient"))
-        .arg("-i")
-        .arg(&key)
-        .arg("-o")
-        .arg(&out)
-        .args(["--bridge", &bridge, "--once"])
-        .args(STEALTH_FLAGS);
-    received(Proc::spawn("recipient", cmd), &bundle);
-    assert_opened_intact(&out, &bundle, &original);
-    let end = sender.finish();
-    end.assert_success("sender through obfs4");
-    assert_eq!(sent_bundle(&end.json("sender"), &bundle)["delivered"], true);
+    // An obfs4 program that dies is started again; the relay runs on.
+    let relay_pid = relay.child.id().to_string();
+    let obfs4_child = || {
+        let out = Command::new("pgrep")
+            .args(["-P", &relay_pid])
+            .output()
+            .expect("pgrep runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let first = obfs4_child();
+    assert!(!first.is_empty(), "no obfs4 program under the relay");
+    let killed = Command::new("kill")
+        .args(["-9", &first])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    relay.wait_for("the obfs4 restart", |l| {
+        l.contains("obfs4 server running again")
+    });
+    let second = obfs4_child();
+    assert!(
+        !second.is_empty() && second != first,
+        "{first} -> {second:?}"
+    );
+    assert!(relay.running());
 
     // The bridge line is the obfs4 server's: the same after a restart.
     relay.terminate().assert_success("relay");

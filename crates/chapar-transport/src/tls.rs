@@ -98,8 +98,28 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
+/// The client offers its cipher suites in Firefox's order (AES-128-GCM
+/// first), not rustls's (AES-256-GCM first): closer to a browser, and the
+/// cheaper cipher is the one servers pick.
+fn client_provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::cipher_suite as suite;
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![
+        suite::TLS13_AES_128_GCM_SHA256,
+        suite::TLS13_CHACHA20_POLY1305_SHA256,
+        suite::TLS13_AES_256_GCM_SHA384,
+        suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    ];
+    Arc::new(provider)
+}
+
 pub(crate) fn client_config(pin: Option<[u8; 32]>) -> Result<Arc<ClientConfig>, rustls::Error> {
-    let provider = provider();
+    let provider = client_provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let mut config = match pin {
