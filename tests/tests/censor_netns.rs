@@ -153,11 +153,7 @@ fn blocked_rules(decisions: &Path, port: u16) -> Vec<String> {
     json_lines(decisions)
         .iter()
         .filter(|d| d["event"] == "blocked")
-        .filter(|d| {
-            d["flow"]
-                .as_str()
-                .is_some_and(|f| f.ends_with(&to) || f.contains(&format!("{to}->")))
-        })
+        .filter(|d| d["flow"].as_str().is_some_and(|f| f.ends_with(&to)))
         .filter_map(|d| d["rule"].as_str().map(str::to_owned))
         .collect()
 }

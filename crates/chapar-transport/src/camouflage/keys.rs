@@ -83,6 +83,15 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     f.sync_all().map_err(io_err(path))
 }
 
+/// `data_dir/https/` (made if missing) and the secret in it (made the
+/// first time).
+fn https_dir_and_secret(data_dir: &Path) -> Result<(PathBuf, Zeroizing<[u8; 32]>), KeyError> {
+    let dir = data_dir.join(HTTPS_DIR);
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let secret = load_or_create_secret(&dir)?;
+    Ok((dir, secret))
+}
+
 fn load_or_create_secret(dir: &Path) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     let path = dir.join(SECRET_FILE);
     match std::fs::read(&path) {
@@ -168,9 +177,7 @@ impl CamouflageKeys {
     /// `data_dir/https/`, made there (0600) the first time. A certificate
     /// that has expired is made anew (clients then need the new pin).
     pub fn load_or_create(data_dir: &Path, name: &str) -> Result<Self, KeyError> {
-        let dir = data_dir.join(HTTPS_DIR);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let secret = load_or_create_secret(&dir)?;
+        let (dir, secret) = https_dir_and_secret(data_dir)?;
         let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
         if !cert_path.exists() || !key_path.exists() || expired(&cert_path) {
             let (cert, key) = generate_certificate(name).map_err(|e| KeyError::Invalid {
@@ -194,10 +201,8 @@ impl CamouflageKeys {
     /// The secret from `data_dir/https/` and the operator's certificate
     /// chain and key (PEM files, as certbot writes them).
     pub fn with_certificate(data_dir: &Path, cert: &Path, key: &Path) -> Result<Self, KeyError> {
-        let dir = data_dir.join(HTTPS_DIR);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         Ok(Self {
-            secret: load_or_create_secret(&dir)?,
+            secret: https_dir_and_secret(data_dir)?.1,
             chain: read_chain(cert)?,
             key: Some(read_key(key)?),
             self_signed: false,
@@ -209,10 +214,8 @@ impl CamouflageKeys {
     /// are given its pin, as for a self-signed one; a certificate from a
     /// public authority needs no pin (use [`Self::secret_only`]).
     pub fn pinning_certificate(data_dir: &Path, cert: &Path) -> Result<Self, KeyError> {
-        let dir = data_dir.join(HTTPS_DIR);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         Ok(Self {
-            secret: load_or_create_secret(&dir)?,
+            secret: https_dir_and_secret(data_dir)?.1,
             chain: read_chain(cert)?,
             key: None,
             self_signed: true,
@@ -222,10 +225,8 @@ impl CamouflageKeys {
     /// The secret alone, behind a reverse proxy whose certificate clients
     /// check against the web's authorities.
     pub fn secret_only(data_dir: &Path) -> Result<Self, KeyError> {
-        let dir = data_dir.join(HTTPS_DIR);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         Ok(Self {
-            secret: load_or_create_secret(&dir)?,
+            secret: https_dir_and_secret(data_dir)?.1,
             chain: Vec::new(),
             key: None,
             self_signed: false,

@@ -466,15 +466,22 @@ async fn dial(target: Target) -> Result<CamouflagedStream, CamouflageError> {
         TargetHost::Dns(name) => TcpStream::connect((name.as_str(), target.port)).await?,
     };
     tcp.set_nodelay(true)?;
-    let host_name = sni.clone().or(match &target.host {
-        TargetHost::Dns(name) => Some(name.clone()),
-        TargetHost::Ip(_) => None,
-    });
-    let server_name = match (&host_name, &target.host) {
-        (Some(name), _) => ServerName::try_from(name.clone())
-            .map_err(|e| CamouflageError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?,
-        (None, TargetHost::Ip(ip)) => ServerName::IpAddress((*ip).into()),
-        (None, TargetHost::Dns(_)) => unreachable_name(),
+    // The name TLS and Host carry: the share string's `sni`, else the DNS
+    // host; an IP host is named by its address (no SNI, as browsers do).
+    let (server_name, authority) = match (sni.as_ref(), &target.host) {
+        (Some(name), _) | (None, TargetHost::Dns(name)) => (
+            ServerName::try_from(name.clone()).map_err(|e| {
+                CamouflageError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e))
+            })?,
+            name.clone(),
+        ),
+        (None, TargetHost::Ip(ip)) => (
+            ServerName::IpAddress((*ip).into()),
+            match ip {
+                std::net::IpAddr::V6(a) => format!("[{a}]"),
+                a => a.to_string(),
+            },
+        ),
     };
     let config = tls::client_config(pin)
         .map_err(|e| CamouflageError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
@@ -483,12 +490,6 @@ async fn dial(target: Target) -> Result<CamouflagedStream, CamouflageError> {
         .connect(server_name, tcp)
         .await
         .map_err(CamouflageError::Tls)?;
-    let authority = match (&host_name, &target.host) {
-        (Some(name), _) => name.clone(),
-        (None, TargetHost::Ip(std::net::IpAddr::V6(a))) => format!("[{a}]"),
-        (None, TargetHost::Ip(a)) => a.to_string(),
-        (None, TargetHost::Dns(n)) => n.clone(),
-    };
     let token = token.unwrap_or_default();
     let request = Request::get(format!("wss://{authority}/{token}"))
         .header("Host", &authority)
@@ -507,9 +508,4 @@ async fn dial(target: Target) -> Result<CamouflagedStream, CamouflageError> {
         .await
         .map_err(|e| CamouflageError::Refused(e.to_string()))?;
     Ok(WsStream::new(ws))
-}
-
-/// A DNS host always has a name; this arm cannot be reached.
-fn unreachable_name() -> ServerName<'static> {
-    ServerName::IpAddress(std::net::IpAddr::from([0, 0, 0, 0]).into())
 }
